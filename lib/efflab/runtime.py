@@ -1,0 +1,106 @@
+"""Where a notebook starts: pick the mode and device, seed everything, and say what was chosen.
+
+Every notebook opens with ``run = efflab.setup(MODE, DEVICE, SEED)``. The returned :class:`Run` is the one place
+that knows whether we are in *quick* mode (a laptop CPU, minutes) or *full* mode (one GPU, a larger scale), so the
+experiment modules can ask ``run.quick`` and pick their budgets, and the notebook never hard-codes a step count.
+
+``MODE="auto"`` means full on a GPU and quick otherwise; the environment variable ``EFFLAB_MODE`` overrides
+"auto" so that a test runner can force quick mode without editing the notebook.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from efflab.validation import check_choice, check_seed
+
+MODES = ("auto", "quick", "full")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) so that the same seed gives the same numbers."""
+    check_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def resolve_device(device: str) -> torch.device:
+    check_choice("device", device, DEVICES)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was asked for, but torch sees no CUDA GPU; use 'cpu' or 'auto'")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def resolve_mode(mode: str, device: torch.device) -> str:
+    check_choice("mode", mode, MODES)
+    if mode == "auto":
+        override = os.environ.get("EFFLAB_MODE", "").strip().lower()
+        if override:
+            check_choice("EFFLAB_MODE", override, ("quick", "full"))
+            return override
+        return "full" if device.type == "cuda" else "quick"
+    return mode
+
+
+@dataclass(frozen=True)
+class Run:
+    """What a notebook runs with: mode, device, seed and the number of CPU threads."""
+
+    mode: str
+    device: torch.device
+    seed: int
+    threads: int
+
+    @property
+    def quick(self) -> bool:
+        return self.mode == "quick"
+
+    def budget(self, quick, full):
+        """Pick the quick or the full value of a budget, e.g. ``run.budget(quick=200, full=5000)``."""
+        return quick if self.quick else full
+
+    def summary(self) -> str:
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU"
+        return (
+            f"efflab | mode={self.mode} | device={self.device.type} ({name}) | seed={self.seed} "
+            f"| threads={self.threads} | torch {torch.__version__}"
+        )
+
+
+def setup(mode: str = "auto", device: str = "auto", seed: int = 0, *, verbose: bool = True) -> Run:
+    """Resolve mode and device, seed everything, fix the thread count, print one summary line."""
+    check_seed(seed)
+    resolved_device = resolve_device(device)
+    resolved_mode = resolve_mode(mode, resolved_device)
+    threads = max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
+    torch.set_num_threads(threads)
+    seed_everything(seed)
+    run = Run(resolved_mode, resolved_device, seed, threads)
+    if verbose:
+        print(run.summary())
+    return run
+
+
+@dataclass
+class Timer:
+    """Context manager that measures wall time: ``with Timer() as t: ...; t.seconds``."""
+
+    seconds: float = field(default=0.0, init=False)
+    _start: float = field(default=0.0, init=False, repr=False)
+
+    def __enter__(self) -> Timer:
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self._start
