@@ -28,7 +28,7 @@ def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) so that the same seed gives the same numbers."""
     check_seed(seed)
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002  (code that still draws from the global NumPy RNG)
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
@@ -60,6 +60,7 @@ class Run:
     device: torch.device
     seed: int
     threads: int
+    started_at: float = field(default_factory=time.time, compare=False)
 
     @property
     def quick(self) -> bool:
@@ -104,3 +105,27 @@ class Timer:
 
     def __exit__(self, *exc) -> None:
         self.seconds = time.perf_counter() - self._start
+
+
+COURSE_PACKAGES = (
+    "torch", "numpy", "pandas", "scipy", "scikit-learn", "plotly", "ipywidgets",
+    "gymnasium", "stable-baselines3", "torch-pruning", "papermill",
+)  # fmt: skip
+
+
+def environment_table():
+    """Versions of Python and the course's main packages, and the compute torch can see, as a small table."""
+    import platform
+    from importlib import metadata
+
+    import pandas as pd
+
+    rows = {"python": platform.python_version()}
+    for package in COURSE_PACKAGES:
+        try:
+            rows[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            rows[package] = "not installed"
+    rows["cuda GPU"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    rows["CPU threads"] = str(torch.get_num_threads())
+    return pd.DataFrame({"version": rows})

@@ -1,0 +1,55 @@
+# The course's commands. Every target sets up .venv first when it is missing or out of date.
+#   make lab     start JupyterLab on notebooks/
+#   make test    ruff, unit tests and every notebook executed in quick mode
+#   make full    every notebook in full mode (meant for a GPU), results into data/results/
+#   make bench   throughput benchmarks (ratios measured in the same run)
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# torch is installed on its own, first: anything that depends on it would otherwise pull a multi-GB CUDA build.
+TORCH_SPEC ?= $(shell grep -E '^torch==' requirements.txt)
+CELL_TIMEOUT ?= 600
+
+# Wheels for an offline GPU machine with its own Python 3.12 and torch (see README, "Full mode on a GPU").
+WHEEL_PLATFORM := --only-binary=:all: --implementation cp --python-version 3.12 --abi cp312 --abi abi3 --abi none \
+	--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 --platform any
+RUNNER_PINS = $(shell grep -iE '^(papermill|nbclient|nbformat|ipykernel|ipywidgets|anywidget|plotly|pandas|numpy|scipy|scikit-learn|gymnasium|tqdm)==' requirements.txt)
+TORCH_USER_PINS = $(shell grep -iE '^(stable-baselines3|torch-pruning)==' requirements.txt)
+
+.PHONY: setup lab test full bench clean-notebooks wheelhouse
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+test: $(STAMP)
+	$(BIN)/ruff check lib tests benchmarks notebooks
+	$(BIN)/ruff format --check lib tests benchmarks
+	$(BIN)/python -m efflab.clean_notebooks --check notebooks/*.ipynb
+	EFFLAB_MODE=quick $(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env \
+		--nbval-cell-timeout=$(CELL_TIMEOUT) -p no:cacheprovider
+
+full: $(STAMP)
+	$(BIN)/python -m efflab.run_notebooks --mode full --device auto
+
+bench: $(STAMP)
+	@for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+clean-notebooks: $(STAMP)
+	$(BIN)/python -m efflab.clean_notebooks notebooks/*.ipynb
+
+wheelhouse: $(STAMP)
+	$(BIN)/python -m pip download --quiet --dest wheelhouse $(WHEEL_PLATFORM) $(RUNNER_PINS)
+	$(BIN)/python -m pip download --quiet --dest wheelhouse $(WHEEL_PLATFORM) --no-deps $(TORCH_USER_PINS) cloudpickle
+	@ls wheelhouse | wc -l | xargs echo "wheels in wheelhouse/:"

@@ -1,0 +1,148 @@
+"""Run the course's notebooks end to end and report what each one recorded.
+
+    python -m efflab.run_notebooks [--mode quick|full] [--device auto|cpu|cuda] [--only 01,05] [--out DIR]
+
+Each notebook runs through papermill in its own process, with the parameters MODE, DEVICE and RESULTS_DIR
+injected, a per-cell execution timeout and an outer time limit (a kernel can wait forever on a widget message,
+so neither limit is optional). The executed copies, every notebook's recorded results and a report (markdown and
+JSON) land in ``--out``. In full mode the records are also copied to ``data/results/<name>.json``, with the
+runner's own provenance, which is how GPU results become part of the course.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from efflab.cache import REPO_ROOT
+from efflab.results import COMMITTED_RESULTS, provenance, write_json
+from efflab.validation import check_choice, check_positive
+
+NOTEBOOKS = REPO_ROOT / "notebooks"
+
+
+@dataclass
+class NotebookRun:
+    notebook: str
+    status: str  # "ok", "failed" or "timeout"
+    seconds: float
+    records: dict = field(default_factory=dict)
+    error: str = ""
+
+
+def select_notebooks(only: str | None = None, folder: Path = NOTEBOOKS) -> list[Path]:
+    """Notebooks in teaching order; ``only="01,05"`` keeps those whose file name starts with a listed prefix."""
+    notebooks = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        prefixes = [p.strip() for p in only.split(",") if p.strip()]
+        notebooks = [nb for nb in notebooks if any(nb.name.startswith(p) for p in prefixes)]
+        if not notebooks:
+            raise ValueError(f"only={only!r} matches no notebook in {folder}")
+    return notebooks
+
+
+def papermill_command(
+    notebook: Path, executed: Path, results_dir: Path, mode: str, device: str, cell_timeout: int
+):
+    return [
+        sys.executable, "-m", "papermill", str(notebook), str(executed),
+        "--kernel", "python3",
+        "--execution-timeout", str(cell_timeout),
+        "-p", "MODE", mode, "-p", "DEVICE", device, "-p", "RESULTS_DIR", str(results_dir),
+    ]  # fmt: skip
+
+
+def run_notebook(notebook: Path, out: Path, *, mode: str, device: str, cell_timeout: int, time_limit: int):
+    """Execute one notebook; never raises for a failing notebook, the status says what happened."""
+    results_dir = out / notebook.stem
+    results_dir.mkdir(parents=True, exist_ok=True)
+    command = papermill_command(notebook, out / notebook.name, results_dir, mode, device, cell_timeout)
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(command, cwd=notebook.parent, capture_output=True, text=True, timeout=time_limit)
+        status, error = ("ok", "") if done.returncode == 0 else ("failed", done.stderr[-3000:])
+    except subprocess.TimeoutExpired:
+        status, error = "timeout", f"stopped after the outer time limit of {time_limit} s"
+    seconds = time.perf_counter() - start
+    records = {path.stem: json.loads(path.read_text()) for path in sorted(results_dir.glob("*.json"))}
+    return NotebookRun(notebook.stem, status, round(seconds, 1), records, error)
+
+
+def markdown_report(runs: list[NotebookRun], mode: str, device: str) -> str:
+    lines = [
+        f"# Notebook run ({mode} mode, device {device})",
+        "",
+        "| notebook | status | seconds | recorded |",
+        "|---|---|---:|---|",
+    ]
+    for run in runs:
+        lines.append(f"| {run.notebook} | {run.status} | {run.seconds:.1f} | {', '.join(run.records) or '-'} |")
+    failures = [run for run in runs if run.status != "ok"]
+    for run in failures:
+        lines += ["", f"## {run.notebook}: {run.status}", "", "```", run.error.strip(), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def commit_full_results(runs: list[NotebookRun], destination: Path = COMMITTED_RESULTS) -> list[Path]:
+    """Copy each successful notebook's records to ``destination`` with the runner's provenance added."""
+    written = []
+    runner = provenance()
+    for run in runs:
+        if run.status != "ok":
+            continue
+        for name, entry in run.records.items():
+            path = destination / f"{name}.json"
+            write_json(
+                {**entry, "runner": {**runner, "notebook": run.notebook, "notebook_seconds": run.seconds}}, path
+            )
+            written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m efflab.run_notebooks", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mode", default="quick", help="quick or full (default quick)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    parser.add_argument("--only", default=None, help="comma-separated prefixes, e.g. 01,05")
+    parser.add_argument("--out", default=str(REPO_ROOT / "runs" / "latest"), help="folder for outputs")
+    parser.add_argument("--cell-timeout", type=int, default=900, help="seconds one cell may run")
+    parser.add_argument("--time-limit", type=int, default=1800, help="seconds one notebook may run")
+    args = parser.parse_args(argv)
+    check_choice("mode", args.mode, ("quick", "full"))
+    check_choice("device", args.device, ("auto", "cpu", "cuda"))
+    check_positive("cell_timeout", args.cell_timeout)
+    check_positive("time_limit", args.time_limit)
+
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for notebook in select_notebooks(args.only):
+        print(f"running {notebook.name} ({args.mode}, {args.device}) ...", flush=True)
+        run = run_notebook(
+            notebook,
+            out,
+            mode=args.mode,
+            device=args.device,
+            cell_timeout=args.cell_timeout,
+            time_limit=args.time_limit,
+        )
+        print(f"  {run.status} in {run.seconds:.1f} s", flush=True)
+        runs.append(run)
+
+    report = markdown_report(runs, args.mode, args.device)
+    (out / "report.md").write_text(report)
+    write_json({"mode": args.mode, "device": args.device, "runs": [asdict(r) for r in runs]}, out / "report.json")
+    if args.mode == "full":
+        for path in commit_full_results(runs):
+            print(f"wrote {path.relative_to(REPO_ROOT)}")
+    print(report)
+    return 0 if all(run.status == "ok" for run in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+import json
+
+import nbformat
+import pytest
+
+from efflab import run_notebooks
+
+
+def write_notebook(path, body):
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    parameters = nbformat.v4.new_code_cell(
+        'MODE = "auto"\nDEVICE = "auto"\nSEED = 0\nRESULTS_DIR = None', metadata={"tags": ["parameters"]}
+    )
+    notebook.cells = [parameters, nbformat.v4.new_code_cell(body)]
+    nbformat.write(notebook, path)
+
+
+RECORDING = """
+from efflab import results
+results.record("tiny", {"mode": MODE}, results_dir=RESULTS_DIR)
+"""
+
+
+@pytest.fixture
+def folder(tmp_path):
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    write_notebook(notebooks / "01_records.ipynb", RECORDING)
+    write_notebook(notebooks / "02_fails.ipynb", "raise RuntimeError('boom')")
+    write_notebook(notebooks / "03_hangs.ipynb", "import time\ntime.sleep(60)")
+    return notebooks
+
+
+def test_select_notebooks_by_prefix(folder):
+    assert [p.name for p in run_notebooks.select_notebooks("01,03", folder)] == [
+        "01_records.ipynb",
+        "03_hangs.ipynb",
+    ]
+    with pytest.raises(ValueError, match="only="):
+        run_notebooks.select_notebooks("99", folder)
+
+
+def test_run_collects_records_failures_and_timeouts(folder, tmp_path):
+    out = tmp_path / "out"
+    options = dict(mode="full", device="cpu", cell_timeout=30, time_limit=40)
+    ok = run_notebooks.run_notebook(folder / "01_records.ipynb", out, **options)
+    assert ok.status == "ok" and ok.records["tiny"]["values"] == {"mode": "full"}
+    failed = run_notebooks.run_notebook(folder / "02_fails.ipynb", out, **options)
+    assert failed.status == "failed" and "boom" in failed.error
+    hung = run_notebooks.run_notebook(
+        folder / "03_hangs.ipynb", out, **{**options, "cell_timeout": 2, "time_limit": 30}
+    )
+    assert hung.status in {"failed", "timeout"}
+
+    report = run_notebooks.markdown_report([ok, failed, hung], "full", "cpu")
+    assert "| 01_records | ok |" in report and "boom" in report
+
+    written = run_notebooks.commit_full_results([ok, failed], tmp_path / "results")
+    assert [p.name for p in written] == ["tiny.json"]
+    entry = json.loads(written[0].read_text())
+    assert entry["runner"]["notebook"] == "01_records" and entry["values"] == {"mode": "full"}
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="mode"):
+        run_notebooks.main(["--mode", "fast"])
