@@ -46,7 +46,7 @@ class ByteLMBudget:
         """About 30 s on two CPU cores."""
         return cls(
             d_model=128, n_layer=4, n_head=4, block_size=128, batch_size=32,
-            steps=120, lr=3e-3, warmup_steps=10, eval_every=30, eval_batches=4,
+            steps=200, lr=3e-3, warmup_steps=10, eval_every=40, eval_batches=4,
         )  # fmt: skip
 
     @classmethod
@@ -62,11 +62,17 @@ class ByteLMBudget:
         return cls.quick() if run.quick else cls.full()
 
     def model_config(self) -> GPTConfig:
-        return GPTConfig(block_size=self.block_size, n_layer=self.n_layer, n_head=self.n_head, d_model=self.d_model)
+        return GPTConfig(
+            block_size=self.block_size, n_layer=self.n_layer, n_head=self.n_head, d_model=self.d_model
+        )
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(
-            steps=self.steps, lr=self.lr, warmup_steps=self.warmup_steps, eval_every=self.eval_every, weight_decay=0.1
+            steps=self.steps,
+            lr=self.lr,
+            warmup_steps=self.warmup_steps,
+            eval_every=self.eval_every,
+            weight_decay=0.1,
         )
 
 
@@ -109,7 +115,9 @@ class TemperatureTable:
 
     def at(self, temperature: float) -> tuple[torch.Tensor, str]:
         if temperature not in self.temperatures:
-            raise ValueError(f"temperature={temperature!r} was not precomputed; expected one of {self.temperatures}")
+            raise ValueError(
+                f"temperature={temperature!r} was not precomputed; expected one of {self.temperatures}"
+            )
         index = self.temperatures.index(temperature)
         return self.probabilities[index], self.samples[index]
 

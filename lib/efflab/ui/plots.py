@@ -158,7 +158,9 @@ def next_byte_bars(probabilities: Sequence[float], *, top: int = 20, title: str 
     if probabilities.shape != (256,):
         raise ValueError(f"probabilities has shape {probabilities.shape}; expected (256,), one per byte value")
     order = np.argsort(-probabilities, kind="stable")[:top]
-    figure = go.Figure(go.Bar(x=[byte_label(int(b)) for b in order], y=probabilities[order], marker_color=PALETTE[0]))
+    figure = go.Figure(
+        go.Bar(x=[byte_label(int(b)) for b in order], y=probabilities[order], marker_color=PALETTE[0])
+    )
     figure.update_yaxes(range=[0, 1])
     figure.update_xaxes(type="category")
     return _layout(figure, title, "byte", "probability")
