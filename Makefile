@@ -51,5 +51,6 @@ clean-notebooks: $(STAMP)
 
 wheelhouse: $(STAMP)
 	$(BIN)/python -m pip download --quiet --dest wheelhouse $(WHEEL_PLATFORM) $(RUNNER_PINS)
-	$(BIN)/python -m pip download --quiet --dest wheelhouse $(WHEEL_PLATFORM) --no-deps $(TORCH_USER_PINS) cloudpickle
-	@ls wheelhouse | wc -l | xargs echo "wheels in wheelhouse/:"
+	$(BIN)/python -m pip download --quiet --dest wheelhouse $(WHEEL_PLATFORM) --no-deps $(TORCH_USER_PINS) $(shell grep -iE '^cloudpickle' requirements.txt || echo cloudpickle)
+	printf '%s\n' $(RUNNER_PINS) $(TORCH_USER_PINS) > wheelhouse/requirements.txt
+	@ls wheelhouse/*.whl | wc -l | xargs echo "wheels in wheelhouse/:"
