@@ -24,10 +24,10 @@ setup: $(STAMP)
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -r requirements.txt
-	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m pip install --quiet --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --quiet --no-deps -e .
 	touch $@
 
 lab: $(STAMP)
@@ -50,7 +50,7 @@ clean-notebooks: $(STAMP)
 	$(BIN)/python -m efflab.clean_notebooks notebooks/*.ipynb
 
 wheelhouse: $(STAMP)
-	$(BIN)/python -m pip download --quiet --dest wheelhouse $(WHEEL_PLATFORM) $(RUNNER_PINS)
-	$(BIN)/python -m pip download --quiet --dest wheelhouse $(WHEEL_PLATFORM) --no-deps $(TORCH_USER_PINS) $(shell grep -iE '^cloudpickle' requirements.txt || echo cloudpickle)
+	$(BIN)/python -m pip download --quiet --quiet --dest wheelhouse $(WHEEL_PLATFORM) $(RUNNER_PINS)
+	$(BIN)/python -m pip download --quiet --quiet --dest wheelhouse $(WHEEL_PLATFORM) --no-deps $(TORCH_USER_PINS) $(shell grep -iE '^cloudpickle' requirements.txt || echo cloudpickle)
 	printf '%s\n' $(RUNNER_PINS) $(TORCH_USER_PINS) > wheelhouse/requirements.txt
 	@ls wheelhouse/*.whl | wc -l | xargs echo "wheels in wheelhouse/:"

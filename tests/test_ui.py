@@ -82,3 +82,8 @@ def test_next_byte_bars_sorts_and_labels_bytes():
     assert list(figure.data[0].y) == [0.5, 0.3, 0.2]
     with pytest.raises(ValueError, match="probabilities"):
         plots.next_byte_bars(np.ones(10))
+
+
+def test_next_byte_bars_shows_a_subtitle_on_one_line():
+    figure = plots.next_byte_bars(np.full(256, 1 / 256), subtitle="def f():\n    pass")
+    assert figure.layout.title.subtitle.text == "def f():⏎    pass"

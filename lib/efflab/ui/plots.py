@@ -152,15 +152,25 @@ def byte_label(value: int) -> str:
     return repr(character)[1:-1] if value < 128 else f"0x{value:02x}"
 
 
-def next_byte_bars(probabilities: Sequence[float], *, top: int = 20, title: str = "Next byte") -> go.Figure:
-    """The ``top`` most likely next bytes of a byte-level model as bars, most likely first."""
+def next_byte_bars(
+    probabilities: Sequence[float], *, top: int = 20, title: str = "Next byte", subtitle: str | None = None
+) -> go.Figure:
+    """The ``top`` most likely next bytes of a byte-level model as bars, most likely first.
+
+    ``subtitle`` (e.g. a sampled continuation) is shown under the title, newlines drawn as "⏎".
+    """
     probabilities = np.asarray(probabilities, dtype=float)
     if probabilities.shape != (256,):
         raise ValueError(f"probabilities has shape {probabilities.shape}; expected (256,), one per byte value")
     order = np.argsort(-probabilities, kind="stable")[:top]
-    figure = go.Figure(
-        go.Bar(x=[byte_label(int(b)) for b in order], y=probabilities[order], marker_color=PALETTE[0])
-    )
+    labels = [byte_label(int(b)) for b in order]
+    figure = go.Figure(go.Bar(x=labels, y=probabilities[order], marker_color=PALETTE[0]))
     figure.update_yaxes(range=[0, 1])
     figure.update_xaxes(type="category")
-    return _layout(figure, title, "byte", "probability")
+    figure = _layout(figure, title, "byte", "probability")
+    if subtitle is not None:
+        figure.update_layout(
+            title=dict(subtitle=dict(text=subtitle.replace("\n", "⏎"), font=dict(family="monospace"))),
+            margin=dict(t=80),
+        )
+    return figure
