@@ -11,6 +11,8 @@ STAMP := $(VENV)/.installed
 # torch is installed on its own, first: anything that depends on it would otherwise pull a multi-GB CUDA build.
 TORCH_SPEC ?= $(shell grep -E '^torch==' requirements.txt)
 CELL_TIMEOUT ?= 600
+# Extra JupyterLab options, e.g. make lab LAB_ARGS="--no-browser --port 8899"
+LAB_ARGS ?=
 
 # Wheels for an offline GPU machine with its own Python 3.12 and torch (see README, "Full mode on a GPU").
 WHEEL_PLATFORM := --only-binary=:all: --implementation cp --python-version 3.12 --abi cp312 --abi abi3 --abi none \
@@ -31,7 +33,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $@
 
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab notebooks/ $(LAB_ARGS)
 
 test: $(STAMP)
 	$(BIN)/ruff check lib tests benchmarks notebooks
