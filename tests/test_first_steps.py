@@ -20,7 +20,15 @@ def corpus():
 @pytest.fixture(scope="module")
 def budget():
     return dataclasses.replace(
-        ByteLMBudget.quick(), d_model=32, n_layer=1, n_head=2, block_size=16, batch_size=8, steps=20, warmup_steps=2, eval_every=10
+        ByteLMBudget.quick(),
+        d_model=32,
+        n_layer=1,
+        n_head=2,
+        block_size=16,
+        batch_size=8,
+        steps=20,
+        warmup_steps=2,
+        eval_every=10,
     )
 
 
