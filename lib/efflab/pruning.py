@@ -1,0 +1,757 @@
+"""One-shot vs iterative pruning, as defined by Janusz et al. (2025, arXiv 2508.13836).
+
+Pruning removes weights from a trained network and then fine-tunes what is left so that it recovers. The question
+the paper asks sounds settled but, the authors argue, was mostly assumed: is it better to remove everything at
+once (*one-shot*) or a little at a time with fine-tuning in between (*iterative*)? Their answer, measured under
+matched fine-tuning budgets: **one-shot wins at low pruning ratios, iterative wins at high ones**. They also
+recommend *patience-based* fine-tuning and propose a *hybrid* schedule.
+
+This module is the lecture's vocabulary, in the order a pruning run uses it (the split into schedules, scores,
+pruners and counters follows Torch-Pruning's importance / pruner / counter split):
+
+1. **Schedules.** Let ``p`` be the target pruning ratio, the fraction of
+   the *original* prunable weights (or channels) to remove, and ``s_k`` the cumulative ratio after step ``k``.
+
+   * one-shot: a single step, ``s_1 = p``;
+   * iterative constant: ``T`` equal steps *of the original size*, ``s_k = k p / T``;
+   * iterative geometric: every step removes the same share ``q`` of what is *still there*,
+     ``s_k = 1 - (1 - q)^k`` with ``q = 1 - (1 - p)^(1/T)`` so that ``s_T = p``;
+   * hybrid: one jump to an intermediate ratio ``p0`` (where one-shot is still as good as iterative), then
+     geometric steps from ``p0`` to ``p``;
+   * patience-based: the geometric steps, but each fine-tuning phase runs until the validation accuracy has not
+     improved for ``patience`` epochs, and the best checkpoint of the phase is kept.
+
+   The constant schedule takes big *relative* bites at the end: its last step removes ``(p/T) / (1 - (T-1)p/T)``
+   of the survivors, which is 91 % of them for ``p = 0.98, T = 5``. The geometric one always removes ``q``
+   (54 % there). That difference is the whole argument for geometric steps at high ratios.
+
+2. **Scores** (criteria). Unstructured: the magnitude ``|w|`` of each weight, compared across the whole network
+   (*global*) or within each layer (*layer-wise*), or a random score as the control that any criterion must
+   beat. Structured: the L1 or L2 norm of each channel's weights, taken over the whole dependency group that
+   removing the channel touches (its filter *and* the next layer's input slice), as Torch-Pruning does it.
+
+3. **Pruners.** Unstructured pruning goes through ``torch.nn.utils.prune``: the weight becomes
+   ``weight_orig * weight_mask``, recomputed before every forward pass, so a pruned weight stays exactly zero
+   however the optimiser moves ``weight_orig``. Masks make nothing faster, though. Structured pruning physically
+   removes channels and neurons with Torch-Pruning's dependency graph (Fang et al. 2023, "DepGraph"), which
+   slices every layer coupled to a removed channel, so the pruned network is a genuinely smaller dense network.
+
+4. **Counters.** After every step the pruner measures what it did and raises :class:`SparsityMismatch` unless
+   the measured sparsity equals the scheduled one *exactly*, in whole weights (or channels per layer). The
+   authors' code asserts the same after every step; it is the cheapest guard against a schedule bug.
+
+5. **Fine-tuning with a budget.** Regimes are compared at *equal total fine-tuning compute*: a fixed number of
+   optimiser steps, split evenly over the pruning steps, so one-shot gets one long phase and geometric five short
+   ones. Every phase gets a fresh optimiser (the authors rebuild it at every step) and ends on its best
+   validation checkpoint. Patience-based phases run as long as they keep improving, and report what they spent.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import prune
+
+from efflab.data.digits import Digits, Split, infinite_batches
+from efflab.flops import count_nonzero_parameters, count_parameters, module_forward_flops
+from efflab.runtime import Timer
+from efflab.train import TrainConfig, classification_metrics, cross_entropy, make_optimizer, run_evaluation
+from efflab.validation import check_choice, check_int, check_positive, check_seed
+
+REGIMES = ("one-shot", "constant", "geometric", "patience", "hybrid")
+GRANULARITIES = ("unstructured", "structured")
+UNSTRUCTURED_CRITERIA = ("global-magnitude", "layer-magnitude", "random")
+STRUCTURED_CRITERIA = ("l1", "l2")
+CRITERIA = {"unstructured": UNSTRUCTURED_CRITERIA, "structured": STRUCTURED_CRITERIA}
+
+# Floor of ratio * total, computed robustly: 0.29 * 100 is 28.999999999999996 in binary floating point.
+_COUNT_SLACK = 1e-9
+
+
+class SparsityMismatch(RuntimeError):
+    """The sparsity measured after a pruning step differs from the scheduled one."""
+
+
+def check_ratio(name: str, value) -> None:
+    """A pruning ratio is a fraction of the original weights in [0, 1): 1 would remove everything."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1
+    if not ok:
+        raise ValueError(f"{name}={value!r} is not allowed; expected a pruning ratio in [0, 1)")
+
+
+def check_patience(patience) -> None:
+    """Patience counts epochs without improvement; 0 stops at the first epoch that does not improve."""
+    check_int("patience", patience, low=0)
+
+
+def scheduled_count(ratio: float, total: int) -> int:
+    """How many of ``total`` units a cumulative ``ratio`` removes: ``floor(ratio * total)``.
+
+    Rounding down keeps the count monotone in the ratio (nested schedules stay nested) and, for ``ratio < 1``,
+    always leaves at least one unit, which matters for a 16-channel layer at 98 %.
+    """
+    return min(total, math.floor(ratio * total + _COUNT_SLACK))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 1. Schedules
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The cumulative pruning ratio after each step: ``cumulative[k]`` is ``s_(k+1)``, ending at ``ratio``.
+
+    Every entry is a fraction of the *original* model. The constructor checks what every schedule must satisfy:
+    at least one step, entries in [0, 1), never decreasing (pruned weights are not restored), ending on target.
+    """
+
+    regime: str
+    ratio: float
+    cumulative: tuple[float, ...]
+
+    def __post_init__(self):
+        check_ratio("ratio", self.ratio)
+        values = tuple(float(v) for v in self.cumulative)
+        if not values:
+            raise ValueError("cumulative=() is not allowed; expected at least one pruning step")
+        for index, value in enumerate(values):
+            check_ratio(f"cumulative[{index}]", value)
+        if any(later < earlier for earlier, later in zip(values, values[1:], strict=False)):
+            raise ValueError(f"cumulative={values!r} is not allowed; expected a non-decreasing sequence")
+        if not math.isclose(values[-1], self.ratio, rel_tol=0, abs_tol=1e-12):
+            raise ValueError(f"cumulative ends at {values[-1]!r}; expected it to end at ratio={self.ratio!r}")
+        object.__setattr__(self, "cumulative", values[:-1] + (float(self.ratio),))
+
+    @property
+    def steps(self) -> int:
+        return len(self.cumulative)
+
+    @property
+    def removed_per_step(self) -> tuple[float, ...]:
+        """What each step removes, as a fraction of the original model (these sum to ``ratio``)."""
+        previous = (0.0,) + self.cumulative[:-1]
+        return tuple(now - before for before, now in zip(previous, self.cumulative, strict=True))
+
+    @property
+    def share_of_remaining(self) -> tuple[float, ...]:
+        """What each step removes, as a fraction of what was still there before it (geometric: constant)."""
+        previous = (0.0,) + self.cumulative[:-1]
+        return tuple((now - before) / (1 - before) for before, now in zip(previous, self.cumulative, strict=True))
+
+
+def one_shot_schedule(ratio: float) -> Schedule:
+    """Remove ``ratio`` of the weights in one step."""
+    return Schedule("one-shot", ratio, (ratio,))
+
+
+def constant_schedule(ratio: float, steps: int) -> Schedule:
+    """``steps`` equal steps of ``ratio / steps`` of the *original* weights: ``s_k = k * ratio / steps``."""
+    check_ratio("ratio", ratio)
+    check_int("steps", steps, low=1)
+    return Schedule("constant", ratio, tuple(ratio * k / steps for k in range(1, steps + 1)))
+
+
+def geometric_schedule(ratio: float, steps: int, *, regime: str = "geometric") -> Schedule:
+    """``steps`` steps that each remove the same share ``q = 1 - (1 - ratio)^(1/steps)`` of the survivors.
+
+    After ``k`` steps a fraction ``(1 - q)^k = (1 - ratio)^(k/steps)`` of the weights is left, so
+    ``s_k = 1 - (1 - ratio)^(k/steps)``: the steps shrink as the network does.
+    """
+    check_ratio("ratio", ratio)
+    check_int("steps", steps, low=1)
+    return Schedule(regime, ratio, tuple(1 - (1 - ratio) ** (k / steps) for k in range(1, steps + 1)))
+
+
+def hybrid_schedule(ratio: float, start: float, steps: int) -> Schedule:
+    """One-shot to ``start``, then ``steps - 1`` geometric steps from ``start`` to ``ratio`` (``steps`` in all).
+
+    The surviving fraction goes from ``1 - start`` to ``1 - ratio`` by a constant factor per step. When the
+    target does not exceed ``start`` there is nothing left to do iteratively, and hybrid *is* one-shot.
+    """
+    check_ratio("ratio", ratio)
+    check_ratio("start", start)
+    check_int("steps", steps, low=1)
+    if ratio <= start:
+        return Schedule("hybrid", ratio, (ratio,))
+    if steps < 2:
+        raise ValueError(f"steps={steps!r} is not allowed for a hybrid schedule above its start; expected >= 2")
+    factor = (1 - ratio) / (1 - start)
+    tail = tuple(1 - (1 - start) * factor ** (k / (steps - 1)) for k in range(1, steps))
+    return Schedule("hybrid", ratio, (start,) + tail)
+
+
+def make_schedule(regime: str, ratio: float, *, steps: int = 5, hybrid_start: float = 0.7) -> Schedule:
+    """The schedule of a named regime; patience-based pruning follows the geometric steps."""
+    check_choice("regime", regime, REGIMES)
+    if regime == "one-shot":
+        check_ratio("ratio", ratio)
+        return one_shot_schedule(ratio)
+    if regime == "constant":
+        return constant_schedule(ratio, steps)
+    if regime == "hybrid":
+        return hybrid_schedule(ratio, hybrid_start, steps)
+    return geometric_schedule(ratio, steps, regime=regime)
+
+
+def schedule_table(schedules) -> pd.DataFrame:
+    """One row per step of each schedule: cumulative ratio, what the step removes of the original model and of
+    the weights still there before it."""
+    rows = []
+    for schedule in schedules:
+        for step, (cumulative, removed, share) in enumerate(
+            zip(schedule.cumulative, schedule.removed_per_step, schedule.share_of_remaining, strict=True), start=1
+        ):
+            rows.append(
+                {
+                    "regime": schedule.regime,
+                    "step": step,
+                    "cumulative ratio": cumulative,
+                    "removed (of original)": removed,
+                    "removed (of survivors)": share,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 2-4. Scores, pruners and counters: unstructured (masks)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The ``nn.Conv2d`` and ``nn.Linear`` layers, by name; their ``weight`` tensors are what gets pruned.
+
+    Biases are left alone: they are a fraction of a percent of the weights and set each unit's baseline.
+    """
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+
+
+def effective_weight(module: nn.Module) -> Tensor:
+    """The weight a layer computes with: ``weight_orig * weight_mask`` once pruned, else ``weight``.
+
+    We never read the ``weight`` attribute of a pruned layer directly: ``torch.nn.utils.prune`` refreshes it
+    only in the next forward pass, so after an optimiser step or a checkpoint restore it can be stale.
+    """
+    if hasattr(module, "weight_mask"):
+        return module.weight_orig * module.weight_mask
+    return module.weight
+
+
+def unstructured_sparsity(model: nn.Module) -> pd.DataFrame:
+    """Per prunable layer: weights, pruned weights (from the masks) and the pruned fraction."""
+    rows = []
+    for name, module in prunable_layers(model):
+        total = module.weight_mask.numel() if hasattr(module, "weight_mask") else module.weight.numel()
+        pruned = int((module.weight_mask == 0).sum()) if hasattr(module, "weight_mask") else 0
+        rows.append({"layer": name, "weights": total, "pruned": pruned, "sparsity": pruned / total})
+    return pd.DataFrame(rows)
+
+
+class UnstructuredPruner:
+    """Prunes a model's weights with masks, to a cumulative ratio at a time: ``pruner.prune_to(0.8)``.
+
+    ``criterion``:
+
+    * ``"global-magnitude"``: remove the smallest ``|w|`` across *all* layers together, so layers with many
+      small weights give up more. It needs no per-layer tuning, and it can empty a small layer entirely;
+    * ``"layer-magnitude"``: remove the smallest ``|w|`` within each layer, the same ratio everywhere;
+    * ``"random"``: remove weights in a fixed random order (drawn once from ``seed``), the control.
+
+    Each call removes only weights that are still there, so masks are nested: the weights pruned at 50 % are
+    among those pruned at 80 %. After each call, the measured sparsity must equal the schedule exactly.
+    """
+
+    def __init__(self, model: nn.Module, criterion: str = "global-magnitude", *, seed: int = 0):
+        check_choice("criterion", criterion, UNSTRUCTURED_CRITERIA)
+        check_seed(seed)
+        self.model = model
+        self.criterion = criterion
+        self.layers = prunable_layers(model)
+        if not self.layers:
+            raise ValueError("model has no nn.Conv2d or nn.Linear layer to prune")
+        self.ratio = 0.0
+        self._random_scores = None
+        if criterion == "random":
+            generator = torch.Generator().manual_seed(seed)
+            self._random_scores = [
+                torch.rand(module.weight.shape, generator=generator).to(module.weight.device)
+                for _, module in self.layers
+            ]
+
+    @property
+    def sizes(self) -> list[int]:
+        return [module.weight.numel() for _, module in self.layers]
+
+    def scores(self) -> list[Tensor]:
+        """Importance of every weight, layer by layer: higher means kept longer."""
+        if self._random_scores is not None:
+            return self._random_scores
+        return [effective_weight(module).detach().abs() for _, module in self.layers]
+
+    def scheduled_pruned(self, ratio: float) -> list[int] | int:
+        """Pruned weights the schedule asks for: one total (global criteria) or one count per layer."""
+        if self.criterion == "layer-magnitude":
+            return [scheduled_count(ratio, size) for size in self.sizes]
+        return scheduled_count(ratio, sum(self.sizes))
+
+    def scheduled_units(self, ratio: float) -> int:
+        """How many weights the schedule says are pruned at ``ratio``, in all."""
+        target = self.scheduled_pruned(ratio)
+        return sum(target) if isinstance(target, list) else target
+
+    def pruned_units(self) -> int:
+        """How many weights the masks actually remove."""
+        return int(unstructured_sparsity(self.model).pruned.sum())
+
+    def prune_to(self, ratio: float) -> pd.DataFrame:
+        """Prune until a fraction ``ratio`` of the original weights is masked; return the per-layer sparsity."""
+        check_ratio("ratio", ratio)
+        if ratio < self.ratio:
+            raise ValueError(f"ratio={ratio!r} is not allowed; the model is already pruned to {self.ratio!r}")
+        measured = unstructured_sparsity(self.model)
+        target = self.scheduled_pruned(ratio)
+        scores = self.scores()
+        if self.criterion == "layer-magnitude":
+            # An int amount counts weights among those still unmasked (torch.nn.utils.prune's PruningContainer).
+            for (_, module), score, want, have in zip(self.layers, scores, target, measured.pruned, strict=True):
+                prune.l1_unstructured(module, "weight", amount=int(want - have), importance_scores=score)
+        else:
+            parameters = [(module, "weight") for _, module in self.layers]
+            prune.global_unstructured(
+                parameters,
+                pruning_method=prune.L1Unstructured,
+                amount=int(target - measured.pruned.sum()),
+                importance_scores={
+                    (module, "weight"): s for (_, module), s in zip(self.layers, scores, strict=True)
+                },
+            )
+        self.ratio = ratio
+        return self.check(ratio)
+
+    def check(self, ratio: float) -> pd.DataFrame:
+        """Raise :class:`SparsityMismatch` unless the masks hold exactly the scheduled number of zeros."""
+        measured = unstructured_sparsity(self.model)
+        target = self.scheduled_pruned(ratio)
+        got = list(measured.pruned) if isinstance(target, list) else int(measured.pruned.sum())
+        if got != target:
+            raise SparsityMismatch(f"after pruning to {ratio!r}: {got} weights are masked, scheduled {target}")
+        for _, module in self.layers:  # the effective weights really are zero where masked
+            if torch.count_nonzero(effective_weight(module)[module.weight_mask == 0]):
+                raise SparsityMismatch("a masked weight is not zero in the effective weight")
+        return measured
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 2-4. Scores, pruners and counters: structured (channels removed with Torch-Pruning)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def structured_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Layers whose *outputs* (conv channels, hidden neurons) may be removed: all but the last layer.
+
+    The last layer's outputs are the class scores; removing one would remove a class.
+    """
+    layers = prunable_layers(model)
+    return layers[:-1]
+
+
+def output_width(module: nn.Module) -> int:
+    return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+
+
+def structured_widths(model: nn.Module) -> dict[str, int]:
+    """The current output width of every structurally prunable layer."""
+    return {name: output_width(module) for name, module in structured_layers(model)}
+
+
+class StructuredPruner:
+    """Removes whole channels (conv) and neurons (linear), with the same ratio in every prunable layer.
+
+    Per layer and step: build the *dependency group* of the layer's output channels (the channel's filter and
+    bias, plus every slice downstream that reads it: the next convolution's input channel, or the 4 columns of
+    the flattened features a 2x2 channel feeds), score each channel by the L1 or L2 norm over the whole group
+    (``torch_pruning.importance.GroupMagnitudeImportance``), and let Torch-Pruning cut the lowest-scoring ones
+    out of every coupled tensor. The result is a smaller ordinary network: no masks, fewer FLOPs.
+
+    The ratio counts channels, not weights: a layer whose inputs and outputs both lose ``p`` of their channels
+    keeps about ``(1 - p)^2`` of its weights.
+    """
+
+    def __init__(self, model: nn.Module, criterion: str = "l2", *, example_inputs: Tensor):
+        import torch_pruning as tp  # imported here: only structured pruning needs it
+
+        check_choice("criterion", criterion, STRUCTURED_CRITERIA)
+        self.model = model
+        self.criterion = criterion
+        self.example_inputs = example_inputs
+        self.original = structured_widths(model)
+        if not self.original:
+            raise ValueError("model has no layer whose outputs can be pruned (it needs at least two layers)")
+        self.ratio = 0.0
+        self._tp = tp
+        self._importance = tp.importance.GroupMagnitudeImportance(p=1 if criterion == "l1" else 2)
+        # Traced once: pruning slices the traced modules in place, so the graph stays valid between steps.
+        self._graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+
+    def scheduled_widths(self, ratio: float) -> dict[str, int]:
+        return {name: width - scheduled_count(ratio, width) for name, width in self.original.items()}
+
+    def scheduled_units(self, ratio: float) -> int:
+        """How many channels and neurons the schedule says are removed at ``ratio``, in all."""
+        return sum(scheduled_count(ratio, width) for width in self.original.values())
+
+    def pruned_units(self) -> int:
+        """How many channels and neurons are actually gone."""
+        return sum(self.original.values()) - sum(structured_widths(self.model).values())
+
+    def prune_to(self, ratio: float) -> pd.DataFrame:
+        """Remove channels until each layer has lost ``floor(ratio * original width)``; return the widths."""
+        check_ratio("ratio", ratio)
+        if ratio < self.ratio:
+            raise ValueError(f"ratio={ratio!r} is not allowed; the model is already pruned to {self.ratio!r}")
+        tp, graph = self._tp, self._graph
+        for name, module in structured_layers(self.model):
+            keep = self.scheduled_widths(ratio)[name]
+            remove = output_width(module) - keep
+            if remove <= 0:
+                continue
+            prune_fn = (
+                tp.prune_conv_out_channels if isinstance(module, nn.Conv2d) else tp.prune_linear_out_channels
+            )
+            whole = graph.get_pruning_group(module, prune_fn, idxs=list(range(output_width(module))))
+            scores = self._importance(whole)
+            weakest = torch.argsort(scores, stable=True)[:remove]
+            graph.get_pruning_group(module, prune_fn, idxs=sorted(weakest.tolist())).prune()
+        self.ratio = ratio
+        return self.check(ratio)
+
+    def check(self, ratio: float) -> pd.DataFrame:
+        """Raise :class:`SparsityMismatch` unless every layer has exactly the scheduled number of channels."""
+        widths, want = structured_widths(self.model), self.scheduled_widths(ratio)
+        if widths != want:
+            raise SparsityMismatch(f"after pruning to {ratio!r}: widths {widths}, scheduled {want}")
+        return self.sparsity()
+
+    def sparsity(self) -> pd.DataFrame:
+        """Per layer: original and current width, and the fraction of channels removed."""
+        widths = structured_widths(self.model)
+        return pd.DataFrame(
+            [
+                {"layer": name, "channels": width, "kept": widths[name], "sparsity": 1 - widths[name] / width}
+                for name, width in self.original.items()
+            ]
+        )
+
+
+def make_pruner(model: nn.Module, granularity: str, criterion: str, *, seed: int = 0, example_inputs=None):
+    """An :class:`UnstructuredPruner` or a :class:`StructuredPruner` for ``model``."""
+    check_choice("granularity", granularity, GRANULARITIES)
+    check_choice("criterion", criterion, CRITERIA[granularity])
+    if granularity == "unstructured":
+        return UnstructuredPruner(model, criterion, seed=seed)
+    if example_inputs is None:
+        raise ValueError("example_inputs=None is not allowed for structured pruning; pass a batch of inputs")
+    return StructuredPruner(model, criterion, example_inputs=example_inputs)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 5. Fine-tuning under a budget, and one whole pruning run
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FinetuneBudget:
+    """How pruned models are fine-tuned.
+
+    ``epochs`` is the *total* fine-tuning budget of a run, in passes over the training split, split evenly over
+    its pruning steps (so every fixed regime spends the same). A run with ``patience`` ignores ``epochs``: each
+    of its phases runs until the validation accuracy has not improved for ``patience`` epochs, at most
+    ``max_epochs_per_step``, and the run reports what it spent.
+    """
+
+    epochs: float = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    max_epochs_per_step: int = 30
+    min_delta: float = 1e-4  # a validation-accuracy gain no larger than this does not reset the patience count
+
+    def __post_init__(self):
+        check_positive("epochs", self.epochs)
+        check_int("batch_size", self.batch_size, low=1)
+        check_positive("lr", self.lr)
+        check_positive("weight_decay", self.weight_decay, allow_zero=True)
+        check_int("max_epochs_per_step", self.max_epochs_per_step, low=1)
+        check_positive("min_delta", self.min_delta, allow_zero=True)
+
+    def steps_per_epoch(self, train: Split) -> int:
+        return max(1, len(train) // self.batch_size)
+
+
+def _better(metrics: dict[str, float], best: dict[str, float]) -> bool:
+    """Higher validation accuracy wins; on a tie (a few hundred images give coarse accuracies), lower loss."""
+    if metrics["val_accuracy"] != best["val_accuracy"]:
+        return metrics["val_accuracy"] > best["val_accuracy"]
+    return metrics["val_loss"] < best["val_loss"]
+
+
+def _snapshot(model: nn.Module) -> dict[str, Tensor]:
+    return {name: value.detach().clone() for name, value in model.state_dict().items()}
+
+
+@dataclass
+class Phase:
+    """What one fine-tuning phase did: optimiser steps, epochs and the best validation checkpoint's metrics."""
+
+    steps: int
+    epochs: float
+    val_loss: float
+    val_accuracy: float
+    best_epoch: float
+
+
+def finetune(
+    model: nn.Module,
+    train: Split,
+    val: Split,
+    budget: FinetuneBudget,
+    *,
+    steps: int | None = None,
+    patience: int | None = None,
+    seed: int = 0,
+    on_epoch: Callable[[float], None] | None = None,
+) -> Phase:
+    """Fine-tune ``model`` in place, for ``steps`` optimiser steps or with ``patience``; keep the best checkpoint.
+
+    The validation split is scored after every epoch (and at the end). The best checkpoint, by validation
+    accuracy with ties broken by validation loss, and counting the model as it came in, is restored at the end;
+    the authors' code does the same. With ``patience``, training stops once ``patience`` consecutive epochs have
+    not raised the best validation accuracy by more than ``budget.min_delta`` (or after
+    ``max_epochs_per_step``); ``patience=0`` therefore means one epoch per step.
+    ``on_epoch(epochs)`` is called after each evaluation, for progress bars.
+    """
+    if (steps is None) == (patience is None):
+        raise ValueError("pass exactly one of steps (a fixed budget) or patience (early stopping)")
+    if steps is not None:
+        check_int("steps", steps, low=0)
+    else:
+        check_patience(patience)
+    per_epoch = budget.steps_per_epoch(train)
+    limit = steps if steps is not None else budget.max_epochs_per_step * per_epoch
+    # A fresh optimiser for every phase, as the authors do: old moments describe weights that are gone.
+    optimizer = make_optimizer(model, TrainConfig(steps=1, lr=budget.lr, weight_decay=budget.weight_decay))
+    batches = infinite_batches(train, min(budget.batch_size, len(train)), seed=seed)
+
+    def score() -> dict[str, float]:
+        return run_evaluation(model, lambda m: classification_metrics(m, val.x, val.y))
+
+    best = score()
+    best_state, best_step, since_best, done = _snapshot(model), 0, 0, 0
+    model.train()
+    while done < limit:
+        x, y = next(batches)
+        loss = cross_entropy(model, x.to(_device(model)), y.to(_device(model)))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        done += 1
+        if done % per_epoch and done != limit:
+            continue
+        metrics = score()
+        improved = metrics["val_accuracy"] > best["val_accuracy"] + budget.min_delta
+        if _better(metrics, best):
+            best, best_state, best_step = metrics, _snapshot(model), done
+        since_best = 0 if improved else since_best + 1
+        if on_epoch is not None:
+            on_epoch(done / per_epoch)
+        if patience is not None and since_best >= patience:
+            break
+    model.load_state_dict(best_state)
+    return Phase(done, done / per_epoch, best["val_loss"], best["val_accuracy"], best_step / per_epoch)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def measured_ratio(sparsity: pd.DataFrame) -> float:
+    """The overall pruned fraction in a sparsity table: of all prunable weights, or of all prunable channels."""
+    if "weights" in sparsity:
+        return float(sparsity.pruned.sum() / sparsity.weights.sum())
+    return float(1 - sparsity.kept.sum() / sparsity.channels.sum())
+
+
+@dataclass
+class PruningRun:
+    """The outcome of pruning one trained model along one schedule.
+
+    ``steps`` has one row per pruning step: the scheduled and measured ratio, the epochs spent so far and the
+    validation and test accuracy after that step's fine-tuning. ``layers`` is the final per-layer sparsity.
+    """
+
+    model: nn.Module
+    schedule: Schedule
+    granularity: str
+    criterion: str
+    patience: int | None
+    steps: pd.DataFrame
+    layers: pd.DataFrame
+    test_accuracy: float
+    val_accuracy: float
+    epochs: float
+    parameters: int
+    nonzero_parameters: int
+    flops: int
+
+
+def split_steps(total: int, parts: int) -> list[int]:
+    """Split ``total`` optimiser steps into ``parts`` phases that differ by at most one step."""
+    check_int("total", total, low=0)
+    check_int("parts", parts, low=1)
+    return [total // parts + (1 if k < total % parts else 0) for k in range(parts)]
+
+
+def prune_and_finetune(
+    trained: nn.Module,
+    data: Digits,
+    schedule: Schedule,
+    *,
+    granularity: str = "unstructured",
+    criterion: str = "global-magnitude",
+    budget: FinetuneBudget | None = None,
+    patience: int | None = None,
+    seed: int = 0,
+    on_epoch: Callable[[float], None] | None = None,
+) -> PruningRun:
+    """Prune a *copy* of ``trained`` along ``schedule``, fine-tuning after every step: score, prune, fine-tune.
+
+    Without ``patience`` the run spends exactly ``budget.epochs`` epochs of fine-tuning, split evenly over the
+    steps. With it, each phase stops on its own (see :func:`finetune`) and ``epochs`` says what it cost.
+    Test accuracy is measured after every step, on a split that neither training nor checkpointing saw.
+    """
+    budget = budget or FinetuneBudget()
+    if patience is not None:
+        check_patience(patience)
+    check_seed(seed)
+    model = copy.deepcopy(trained)
+    example = data.train.x[:2].to(_device(model))
+    pruner = make_pruner(model, granularity, criterion, seed=seed, example_inputs=example)
+    per_epoch = budget.steps_per_epoch(data.train)
+    phases = split_steps(round(budget.epochs * per_epoch), schedule.steps)
+    rows, spent = [], 0.0
+
+    def report(epochs_in_phase: float) -> None:
+        if on_epoch is not None:
+            on_epoch(spent + epochs_in_phase)
+
+    for index, ratio in enumerate(schedule.cumulative):
+        sparsity = pruner.prune_to(ratio)
+        phase = finetune(
+            model,
+            data.train,
+            data.val,
+            budget,
+            steps=None if patience is not None else phases[index],
+            patience=patience,
+            seed=(seed * 1000 + index) % 2**32,  # each phase its own batch order
+            on_epoch=report,
+        )
+        spent += phase.epochs
+        test = run_evaluation(model, lambda m: classification_metrics(m, data.test.x, data.test.y))
+        rows.append(
+            {
+                "step": index + 1,
+                "scheduled_ratio": ratio,
+                "measured_ratio": measured_ratio(sparsity),
+                "scheduled_units": pruner.scheduled_units(ratio),
+                "pruned_units": pruner.pruned_units(),
+                "epochs": spent,
+                "val_accuracy": phase.val_accuracy,
+                "test_accuracy": test["val_accuracy"],
+            }
+        )
+    steps = pd.DataFrame(rows)
+    layers = sparsity.loc[:, ["layer", "sparsity"]]
+    flops = module_forward_flops(model, data.train.x[:1].to(_device(model)))
+    return PruningRun(
+        model=model,
+        schedule=schedule,
+        granularity=granularity,
+        criterion=criterion,
+        patience=patience,
+        steps=steps,
+        layers=layers,
+        test_accuracy=float(steps.test_accuracy.iloc[-1]),
+        val_accuracy=float(steps.val_accuracy.iloc[-1]),
+        epochs=spent,
+        parameters=count_parameters(model),
+        nonzero_parameters=count_nonzero_parameters(model),
+        flops=flops,
+    )
+
+
+def accuracy_without_finetuning(
+    trained: nn.Module, data: Digits, ratios, *, criterion: str = "global-magnitude", seed: int = 0
+) -> pd.DataFrame:
+    """Test accuracy of a copy of ``trained`` masked to each of ``ratios`` in turn, with no fine-tuning at all.
+
+    One pruner walks up the ratios, so the masks are nested: every weight removed at 0.5 is also removed at 0.8.
+    This isolates the damage a criterion does from the recovery that fine-tuning buys.
+    """
+    ratios = list(ratios)
+    for ratio in ratios:
+        check_ratio("ratios", ratio)
+    if ratios != sorted(ratios):
+        raise ValueError(f"ratios={ratios!r} is not allowed; expected increasing ratios (the masks are nested)")
+    model = copy.deepcopy(trained)
+    pruner = UnstructuredPruner(model, criterion, seed=seed)
+    rows = []
+    for ratio in ratios:
+        pruner.prune_to(ratio)
+        test = run_evaluation(model, lambda m: classification_metrics(m, data.test.x, data.test.y))
+        rows.append({"criterion": criterion, "ratio": ratio, "test_accuracy": test["val_accuracy"]})
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# What structured pruning buys: measured latency beside the FLOP count
+# --------------------------------------------------------------------------------------------------------------
+
+
+def compare_latency(
+    models: dict[str, nn.Module], inputs: Tensor, *, repeats: int = 15, warmup: int = 3
+) -> dict[str, float]:
+    """Median forward time in seconds of each model on ``inputs``, measured with :class:`~efflab.runtime.Timer`.
+
+    The models take turns within every repeat (dense, pruned A, pruned B, dense, ...) so that a burst of load
+    from another process slows all of them alike rather than whichever happened to be running; the median over
+    ``repeats`` then ignores the bursts that remain.
+    """
+    check_int("repeats", repeats, low=1)
+    check_int("warmup", warmup, low=0)
+    if not models:
+        raise ValueError("models={} is not allowed; expected at least one model to time")
+    times: dict[str, list[float]] = {name: [] for name in models}
+    # A GPU runs asynchronously: wait for it before reading the clock, or we would time the launch only.
+    wait = torch.cuda.synchronize if inputs.is_cuda else (lambda: None)
+    with torch.inference_mode():
+        for model in models.values():
+            model.eval()
+            for _ in range(warmup):
+                model(inputs)
+        for _ in range(repeats):
+            for name, model in models.items():
+                wait()
+                with Timer() as timer:
+                    model(inputs)
+                    wait()
+                times[name].append(timer.seconds)
+    return {name: statistics.median(values) for name, values in times.items()}
