@@ -1,0 +1,588 @@
+"""Scaling laws for mixtures of experts: the published laws, their compute-optimal configurations, and fitting.
+
+A scaling law predicts the final training loss L of a model from how big it is (N parameters) and how long it
+trains (D tokens). Fitted on many small runs, it says how to spend a compute budget on a large one.
+
+**The fine-grained MoE law** (Krajewski, Ludziejewski et al. 2024, arXiv 2402.07871, eq. 9) adds the
+granularity G (see :mod:`efflab.models.moe`) to Chinchilla's form (Hoffmann et al. 2022, arXiv 2203.15556):
+
+    L(N, D, G) = c + (g / G^gamma + a) / N^alpha + b / D^beta
+
+N is the number of non-embedding parameters of the whole model (all experts; routing excluded) at a fixed
+expansion rate E (64 in the paper), D the training tokens. Only the model-size term depends on G: finer experts
+make each parameter more useful, with diminishing returns, down to ``a`` (an infinitely granular MoE still
+does not beat a dense model with the same total parameters). With g = 0 the law is Chinchilla's dense form.
+
+**Cost** (eq. 10 and appendix E). Training FLOPs count the active parameters (6 per parameter per token) plus
+the router, whose cost grows with the number of experts E * G:
+
+    F = (12 d_model^2 c_f + d_model E G c_r) D n_blocks,   c_f = 6, c_r = 14
+
+12 d_model^2 per block is attention (4 d^2) plus the active part of the FFN (8 d^2, d_ff = 4 d); attention
+scores and embeddings are not counted. The paper ties the shape to one number, d_model = 64 n_blocks, so the
+total parameters are N = (8E + 4) d_model^2 n_blocks.
+
+**Compute-optimal configuration** (section 6): for a budget F, choose d_model, D and G to minimise L subject to
+F. For a fixed G, F fixes D once d_model is chosen, so it is a one-dimensional search (a bounded Brent search
+over log d_model, :func:`fg_optimal_for_granularity`); then take the best G of a grid
+(:func:`fg_compute_optimal`). :data:`FG_TABLE_2` holds the paper's published optima, which the tests reproduce.
+
+**Fitting** (:func:`fit_law`). A law's form is a :class:`LawForm`: named parameters, the features it reads
+(``N``, ``D``, ``G`` ...) and a function predicting log L. The fit minimises a Huber loss on log L, which a
+few bad runs cannot dominate, by L-BFGS from several seeded starting points (the best one wins), with
+coefficients fitted as logarithms; the method of Chinchilla's "approach 3". The joint MoE law of notebook 06
+(arXiv 2502.05172) is another :class:`LawForm` beside :data:`FINE_GRAINED_FORM`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import optimize
+
+from efflab.validation import check_int, check_positive
+
+# ------------------------------------------------------------------------------------------------- the laws
+
+
+@dataclass(frozen=True)
+class FineGrainedLaw:
+    """``L(N, D, G) = c + (g / G^gamma + a) / N^alpha + b / D^beta`` (arXiv 2402.07871, eq. 9).
+
+    With ``g = 0`` it is the dense Chinchilla form ``c + a / N^alpha + b / D^beta``.
+    """
+
+    a: float
+    alpha: float
+    b: float
+    beta: float
+    g: float = 0.0
+    gamma: float = 0.0
+    c: float = 0.0
+    source: str = field(default="", compare=False)
+
+    def loss(self, params, tokens, granularity=1.0):
+        """Predicted loss (nats per token); numbers or NumPy arrays, broadcast together."""
+        params, tokens, granularity = (np.asarray(v, dtype=float) for v in (params, tokens, granularity))
+        for name, value in (("params", params), ("tokens", tokens), ("granularity", granularity)):
+            if np.any(~(value > 0)):
+                raise ValueError(f"{name} contains {value[~(value > 0)].flat[0]!r}; expected numbers > 0")
+        model_term = (self.g / granularity**self.gamma + self.a) / params**self.alpha
+        return self.c + model_term + self.b / tokens**self.beta
+
+    @property
+    def coefficients(self) -> dict[str, float]:
+        return {name: getattr(self, name) for name in ("a", "alpha", "b", "beta", "g", "gamma", "c")}
+
+
+FG_MOE = FineGrainedLaw(
+    a=18.1, alpha=0.115, b=30.8, beta=0.147, g=2.1, gamma=0.58, c=0.47,
+    source="arXiv 2402.07871, Table 1 (MoE, E = 64)",
+)  # fmt: skip
+FG_DENSE = FineGrainedLaw(
+    a=16.3, alpha=0.126, b=26.7, beta=0.127, c=0.47, source="arXiv 2402.07871, Table 1 (dense)"
+)
+FG_MOE_HOLDOUT = FineGrainedLaw(
+    a=17.6, alpha=0.114, b=26.7, beta=0.140, g=2.07, gamma=0.570, c=0.472,
+    source="arXiv 2402.07871, Table 5 (fit without the 20% lowest-loss runs)",
+)  # fmt: skip
+FG_MOE_E16 = FineGrainedLaw(
+    a=19.64, alpha=0.124, b=57.07, beta=0.169, g=1.18, gamma=0.986, c=0.472,
+    source="arXiv 2402.07871, Table 8 (E = 16)",
+)  # fmt: skip
+FG_LAWS = {"MoE, E=64 (Table 1)": FG_MOE, "MoE, hold-out fit (Table 5)": FG_MOE_HOLDOUT,
+           "MoE, E=16 (Table 8)": FG_MOE_E16, "dense (Table 1)": FG_DENSE}  # fmt: skip
+
+# ---------------------------------------------------------------------------------------- shapes and FLOPs
+
+D_MODEL_PER_BLOCK = 64  # the paper's shape rule: d_model = 64 * n_blocks
+FLOPS_PER_ACTIVE_PARAMETER = 6  # c_f: 2 forward + 4 backward per parameter per token
+ROUTER_FLOPS_FACTOR = 14  # c_r: router projection 6, dispatch and combine 4 forward + 4 backward
+
+
+def fg_shape(d_model, expansion: int = 64) -> dict[str, np.ndarray]:
+    """The paper's model family at width ``d_model``: blocks, total and active non-embedding parameters.
+
+    ``n_blocks = d_model / 64`` (kept continuous, as in the paper's optimisation), total parameters
+    ``(8 E + 4) d_model^2 n_blocks`` (attention 4 d^2, E dense-sized FFNs of 8 d^2 each; routing excluded),
+    active parameters ``12 d_model^2 n_blocks``. For E = 1 this is the dense model.
+    """
+    d_model = np.asarray(d_model, dtype=float)
+    check_int("expansion", expansion, low=1)
+    if np.any(~(d_model > 0)):
+        raise ValueError(f"d_model={d_model!r} is not allowed; expected numbers > 0")
+    n_blocks = d_model / D_MODEL_PER_BLOCK
+    return {
+        "n_blocks": n_blocks,
+        "total_params": (8 * expansion + 4) * d_model**2 * n_blocks,
+        "active_params": 12 * d_model**2 * n_blocks,
+    }
+
+
+def fg_training_flops(
+    d_model,
+    tokens,
+    expansion: int = 64,
+    granularity=1,
+    *,
+    n_blocks=None,
+    flops_per_parameter: float = FLOPS_PER_ACTIVE_PARAMETER,
+    router_flops_factor: float = ROUTER_FLOPS_FACTOR,
+):
+    """Training FLOPs of the fine-grained MoE (eq. 10): ``(12 d^2 c_f + d E G c_r) D n_blocks``.
+
+    ``n_blocks`` defaults to the shape rule d_model / 64. ``router_flops_factor=0`` gives the dense cost
+    ``6 N_active D``, the accounting of Kaplan et al. and Chinchilla.
+    """
+    d_model, tokens, granularity = (np.asarray(v, dtype=float) for v in (d_model, tokens, granularity))
+    check_int("expansion", expansion, low=1)
+    check_positive("flops_per_parameter", flops_per_parameter)
+    check_positive("router_flops_factor", router_flops_factor, allow_zero=True)
+    for name, value in (("d_model", d_model), ("tokens", tokens), ("granularity", granularity)):
+        if np.any(~(value > 0)):
+            raise ValueError(f"{name}={value!r} is not allowed; expected numbers > 0")
+    n_blocks = d_model / D_MODEL_PER_BLOCK if n_blocks is None else np.asarray(n_blocks, dtype=float)
+    per_token_per_block = 12 * d_model**2 * flops_per_parameter + d_model * expansion * granularity * (
+        router_flops_factor
+    )
+    return per_token_per_block * tokens * n_blocks
+
+
+def router_flops_share(d_model, expansion: int = 64, granularity=1, **kwargs):
+    """Fraction of training FLOPs spent on routing: grows with E * G, shrinks with d_model (FG Fig. 5)."""
+    total = fg_training_flops(d_model, 1.0, expansion, granularity, **kwargs)
+    without = fg_training_flops(d_model, 1.0, expansion, granularity, router_flops_factor=0.0)
+    return 1.0 - without / total
+
+
+# ------------------------------------------------------------------------------------- compute-optimal runs
+
+
+@dataclass(frozen=True)
+class OptimalConfig:
+    """A compute-optimal configuration of the paper's model family for one budget."""
+
+    flops: float
+    granularity: float
+    expansion: int
+    d_model: float
+    n_blocks: float
+    active_params: float
+    total_params: float
+    tokens: float
+    loss: float
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(self.__dict__)
+
+
+def _loss_at_width(log_d_model, flops, granularity, law, expansion, router_flops_factor):
+    d_model = math.exp(log_d_model)
+    shape = fg_shape(d_model, expansion)
+    per_token = fg_training_flops(d_model, 1.0, expansion, granularity, router_flops_factor=router_flops_factor)
+    tokens = flops / float(per_token)
+    params = float(shape["total_params"])
+    return float(law.loss(params, tokens, granularity)), shape, tokens
+
+
+def fg_optimal_for_granularity(
+    flops: float,
+    granularity: float,
+    *,
+    law: FineGrainedLaw = FG_MOE,
+    expansion: int = 64,
+    router_flops_factor: float = ROUTER_FLOPS_FACTOR,
+    d_model_range: tuple[float, float] = (16.0, 1e6),
+) -> OptimalConfig:
+    """The best d_model (and so N and D) for a budget at one granularity: Brent's method over log d_model."""
+    check_positive("flops", flops)
+    check_positive("granularity", granularity)
+    arguments = (flops, granularity, law, expansion, router_flops_factor)
+    result = optimize.minimize_scalar(
+        lambda log_d: _loss_at_width(log_d, *arguments)[0],
+        bounds=tuple(math.log(v) for v in d_model_range),
+        method="bounded",
+        options={"xatol": 1e-7},
+    )
+    loss, shape, tokens = _loss_at_width(result.x, *arguments)
+    return OptimalConfig(
+        flops=float(flops),
+        granularity=float(granularity),
+        expansion=expansion,
+        d_model=math.exp(result.x),
+        n_blocks=float(shape["n_blocks"]),
+        active_params=float(shape["active_params"]),
+        total_params=float(shape["total_params"]),
+        tokens=tokens,
+        loss=loss,
+    )
+
+
+DEFAULT_GRANULARITIES = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+def fg_compute_optimal(
+    flops: float,
+    *,
+    law: FineGrainedLaw = FG_MOE,
+    expansion: int = 64,
+    granularities: Sequence[float] = DEFAULT_GRANULARITIES,
+    router_flops_factor: float = ROUTER_FLOPS_FACTOR,
+) -> OptimalConfig:
+    """The compute-optimal configuration over a grid of granularities (the paper uses powers of two)."""
+    if not granularities:
+        raise ValueError("granularities=() is not allowed; expected at least one granularity")
+    candidates = [
+        fg_optimal_for_granularity(flops, g, law=law, expansion=expansion, router_flops_factor=router_flops_factor)
+        for g in granularities
+    ]
+    return min(candidates, key=lambda config: config.loss)
+
+
+def fg_continuous_optimal(
+    flops: float,
+    *,
+    law: FineGrainedLaw = FG_MOE,
+    expansion: int = 64,
+    router_flops_factor: float = ROUTER_FLOPS_FACTOR,
+    granularity_range: tuple[float, float] = (1.0, 1024.0),
+) -> OptimalConfig:
+    """The optimum with G free to take any real value (the paper reports only powers of two)."""
+
+    def best_loss(log_g):
+        return fg_optimal_for_granularity(
+            flops, math.exp(log_g), law=law, expansion=expansion, router_flops_factor=router_flops_factor
+        ).loss
+
+    result = optimize.minimize_scalar(
+        best_loss, bounds=tuple(math.log(v) for v in granularity_range), method="bounded"
+    )
+    return fg_optimal_for_granularity(
+        flops, math.exp(result.x), law=law, expansion=expansion, router_flops_factor=router_flops_factor
+    )
+
+
+def dense_compute_optimal(flops: float, *, law: FineGrainedLaw = FG_DENSE) -> OptimalConfig:
+    """The compute-optimal dense model of the same family (E = 1, no router): F = 6 N D."""
+    return fg_optimal_for_granularity(flops, 1.0, law=law, expansion=1, router_flops_factor=0.0)
+
+
+def dense_flops_to_match(loss: float, *, law: FineGrainedLaw = FG_DENSE, bracket=(1e12, 1e34)) -> float:
+    """The budget a compute-optimal dense model needs to reach ``loss`` (bisection in log F).
+
+    Dividing by an MoE's budget gives its compute saving, one of the paper's headline numbers.
+    """
+    check_positive("loss", loss)
+    low, high = (math.log(v) for v in bracket)
+    if dense_compute_optimal(math.exp(high), law=law).loss > loss:
+        return math.inf
+    for _ in range(200):
+        middle = 0.5 * (low + high)
+        if dense_compute_optimal(math.exp(middle), law=law).loss > loss:
+            low = middle
+        else:
+            high = middle
+        if high - low < 1e-9:
+            break
+    return math.exp(high)
+
+
+@dataclass(frozen=True)
+class PublishedOptimum:
+    """One row of the paper's Table 2: an MoE with E = 64 experts-worth of parameters per FFN."""
+
+    label: str
+    active_params: float
+    tokens: float
+    granularity: int
+    flops: float
+    loss: float
+
+
+FG_TABLE_2 = (
+    PublishedOptimum("64 x 100M", 100e6, 4.37e9, 8, 2.95e18, 3.133),
+    PublishedOptimum("64 x 1B", 1e9, 28.94e9, 16, 1.93e20, 2.491),
+    PublishedOptimum("64 x 3B", 3e9, 72.90e9, 16, 1.41e21, 2.245),
+    PublishedOptimum("64 x 7B", 7e9, 137.60e9, 32, 6.46e21, 2.076),
+    PublishedOptimum("64 x 70B", 70e9, 941.07e9, 32, 4.16e23, 1.694),
+    PublishedOptimum("64 x 300B", 300e9, 2.96e12, 64, 5.69e24, 1.503),
+    PublishedOptimum("64 x 1T", 1e12, 7.94e12, 64, 4.97e25, 1.367),
+)
+"""arXiv 2402.07871, Table 2: compute-optimal configurations from the law of Table 1."""
+
+
+# -------------------------------------------------------------------------------------------------- fitting
+
+
+@dataclass(frozen=True)
+class LawForm:
+    """A law's functional form, for :func:`fit_law`.
+
+    ``log_loss(theta, features)`` returns the predicted log L at every run and its partial derivatives with
+    respect to each parameter (a dict of arrays), from the parameters in *fit space* (coefficients as
+    logarithms, named ``log_a`` ...) and the feature columns (NumPy arrays). The derivatives are written out by
+    hand: a fit evaluates the form thousands of times, and NumPy on a few hundred runs takes microseconds.
+    ``start_ranges`` are the fit-space intervals the starting points are drawn from, ``bounds`` what the
+    optimiser may explore, and ``to_law`` turns natural coefficients into a law object.
+    """
+
+    name: str
+    parameters: tuple[str, ...]
+    features: tuple[str, ...]
+    log_loss: Callable[[Mapping[str, float], Mapping[str, np.ndarray]], tuple[np.ndarray, dict[str, np.ndarray]]]
+    start_ranges: Mapping[str, tuple[float, float]]
+    bounds: Mapping[str, tuple[float, float]]
+    to_law: Callable[[Mapping[str, float]], object]
+
+    @staticmethod
+    def natural_name(parameter: str) -> str:
+        return parameter.removeprefix("log_")
+
+    def to_natural(self, theta: Mapping[str, float]) -> dict[str, float]:
+        return {
+            self.natural_name(name): math.exp(value) if name.startswith("log_") else value
+            for name, value in theta.items()
+        }
+
+    def to_fit_space(self, natural: Mapping[str, float]) -> dict[str, float]:
+        result = {}
+        for name, value in natural.items():
+            fit_name = next((p for p in self.parameters if self.natural_name(p) == name), None)
+            if fit_name is None:
+                raise ValueError(
+                    f"fixed contains {name!r}, which is not a parameter of the {self.name} law; expected one of "
+                    f"{tuple(self.natural_name(p) for p in self.parameters)}"
+                )
+            if fit_name.startswith("log_"):
+                check_positive(name, value)
+                value = math.log(value)
+            result[fit_name] = float(value)
+        return result
+
+
+def _softmax_terms(*terms: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """log(sum_i exp(term_i)) and the weights exp(term_i - that), the derivative of the log-sum by each term."""
+    stacked = np.stack(np.broadcast_arrays(*terms))
+    top = stacked.max(axis=0)
+    total = top + np.log(np.exp(stacked - top).sum(axis=0))
+    return total, list(np.exp(stacked - total))
+
+
+def _fine_grained_log_loss(theta, features):
+    """log of c + (a + g G^-gamma) N^-alpha + b D^-beta and its derivatives, from log coefficients."""
+    log_n, log_d, log_g = np.log(features["N"]), np.log(features["D"]), np.log(features["G"])
+    inner, (share_a, share_g) = _softmax_terms(
+        np.full_like(log_n, theta["log_a"]), theta["log_g"] - theta["gamma"] * log_g
+    )
+    model = inner - theta["alpha"] * log_n
+    data = theta["log_b"] - theta["beta"] * log_d
+    log_loss, (w_c, w_model, w_data) = _softmax_terms(np.full_like(log_n, theta["log_c"]), model, data)
+    gradient = {
+        "log_a": w_model * share_a,
+        "alpha": -w_model * log_n,
+        "log_b": w_data,
+        "beta": -w_data * log_d,
+        "log_g": w_model * share_g,
+        "gamma": -w_model * share_g * log_g,
+        "log_c": w_c,
+    }
+    return log_loss, gradient
+
+
+def _chinchilla_log_loss(theta, features):
+    """log of c + a N^-alpha + b D^-beta and its derivatives, from log coefficients."""
+    log_n, log_d = np.log(features["N"]), np.log(features["D"])
+    model = theta["log_a"] - theta["alpha"] * log_n
+    data = theta["log_b"] - theta["beta"] * log_d
+    log_loss, (w_c, w_model, w_data) = _softmax_terms(np.full_like(log_n, theta["log_c"]), model, data)
+    gradient = {
+        "log_a": w_model,
+        "alpha": -w_model * log_n,
+        "log_b": w_data,
+        "beta": -w_data * log_d,
+        "log_c": w_c,
+    }
+    return log_loss, gradient
+
+
+_EXPONENT_BOUNDS = (0.0, 3.0)
+_LOG_BOUNDS = (-12.0, 20.0)
+
+FINE_GRAINED_FORM = LawForm(
+    name="fine-grained MoE",
+    parameters=("log_a", "alpha", "log_b", "beta", "log_g", "gamma", "log_c"),
+    features=("N", "D", "G"),
+    log_loss=_fine_grained_log_loss,
+    start_ranges={
+        "log_a": (0.0, 6.0),
+        "alpha": (0.05, 0.6),
+        "log_b": (0.0, 6.0),
+        "beta": (0.05, 0.6),
+        "log_g": (-2.0, 4.0),
+        "gamma": (0.1, 1.5),
+        "log_c": (-2.0, 1.0),
+    },  # fmt: skip
+    bounds={
+        "log_a": _LOG_BOUNDS,
+        "alpha": _EXPONENT_BOUNDS,
+        "log_b": _LOG_BOUNDS,
+        "beta": _EXPONENT_BOUNDS,
+        "log_g": _LOG_BOUNDS,
+        "gamma": _EXPONENT_BOUNDS,
+        "log_c": (-12.0, 3.0),
+    },  # fmt: skip
+    to_law=lambda p: FineGrainedLaw(**p, source="fit"),
+)
+
+CHINCHILLA_FORM = LawForm(
+    name="Chinchilla (dense)",
+    parameters=("log_a", "alpha", "log_b", "beta", "log_c"),
+    features=("N", "D"),
+    log_loss=_chinchilla_log_loss,
+    start_ranges={
+        "log_a": (0.0, 6.0),
+        "alpha": (0.05, 0.6),
+        "log_b": (0.0, 6.0),
+        "beta": (0.05, 0.6),
+        "log_c": (-2.0, 1.0),
+    },  # fmt: skip
+    bounds={
+        "log_a": _LOG_BOUNDS,
+        "alpha": _EXPONENT_BOUNDS,
+        "log_b": _LOG_BOUNDS,
+        "beta": _EXPONENT_BOUNDS,
+        "log_c": (-12.0, 3.0),
+    },  # fmt: skip
+    to_law=lambda p: FineGrainedLaw(**p, source="fit"),
+)
+
+
+@dataclass(frozen=True)
+class LawFit:
+    """The result of :func:`fit_law`: the coefficients, the law, and how well it fits."""
+
+    form: LawForm
+    coefficients: dict[str, float]
+    law: object
+    objective: float
+    rmse_log: float
+    n_points: int
+    n_starts: int
+    fixed: dict[str, float]
+
+    def predict(self, features: Mapping[str, Sequence[float]]) -> np.ndarray:
+        """The fitted law's loss at new feature values."""
+        theta = self.form.to_fit_space(self.coefficients)
+        return np.exp(self.form.log_loss(theta, _feature_columns(self.form, features))[0])
+
+
+def _feature_columns(form: LawForm, features: Mapping[str, Sequence[float]]) -> dict[str, np.ndarray]:
+    missing = set(form.features) - set(features)
+    if missing:
+        raise ValueError(f"features lacks {sorted(missing)}; the {form.name} law reads {form.features}")
+    columns = {name: np.atleast_1d(np.asarray(features[name], dtype=float)) for name in form.features}
+    lengths = {len(column) for column in columns.values()}
+    if len(lengths) != 1:
+        raise ValueError(f"features have different lengths {sorted(lengths)}; expected one value per run")
+    for name, column in columns.items():
+        if not np.all(column > 0):
+            raise ValueError(f"features[{name!r}] contains values <= 0; expected positive numbers")
+    return columns
+
+
+def huber(residual: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
+    """Huber's loss of each residual and its derivative: squared up to ``delta``, linear beyond, so a few bad
+    runs pull on the fit only linearly."""
+    absolute = np.abs(residual)
+    value = np.where(absolute <= delta, 0.5 * residual**2, delta * (absolute - 0.5 * delta))
+    return value, np.clip(residual, -delta, delta)
+
+
+def fit_law(
+    form: LawForm,
+    features: Mapping[str, Sequence[float]],
+    losses: Sequence[float],
+    *,
+    n_starts: int = 24,
+    seed: int = 0,
+    huber_delta: float = 1e-3,
+    fixed: Mapping[str, float] | None = None,
+) -> LawFit:
+    """Fit ``form`` to measured ``losses`` (one per run, > 0) at ``features`` (e.g. ``{"N": ..., "D": ...}``).
+
+    Minimises the mean Huber loss of log L with L-BFGS-B from ``n_starts`` starting points drawn uniformly
+    (seeded) from the form's start ranges; the best end point wins. ``fixed`` pins some coefficients in natural
+    units, e.g. ``{"c": 0.47}``, when the data cannot pin them (too few sizes, or a floor out of reach).
+    """
+    check_int("n_starts", n_starts, low=1)
+    check_positive("huber_delta", huber_delta)
+    columns = _feature_columns(form, features)
+    observed = np.atleast_1d(np.asarray(losses, dtype=float))
+    n_points = len(next(iter(columns.values())))
+    if observed.shape != (n_points,):
+        raise ValueError(f"losses has shape {observed.shape}; expected ({n_points},), one per run")
+    if not np.all(np.isfinite(observed) & (observed > 0)):
+        raise ValueError("losses contains values that are not finite and > 0; expected positive losses")
+    fixed_theta = form.to_fit_space(fixed or {})
+    free = [name for name in form.parameters if name not in fixed_theta]
+    if n_points < len(free):
+        raise ValueError(f"{n_points} runs cannot fit {len(free)} free coefficients; expected at least as many")
+    target = np.log(observed)
+    # Scaled so that a residual of one huber_delta costs about 1: L-BFGS's stopping tolerances are absolute,
+    # and the raw mean of tiny squared log-residuals would look converged at any starting point.
+    scale = 1.0 / (0.5 * huber_delta**2 * n_points)
+
+    def objective(vector: np.ndarray):
+        theta = {**fixed_theta, **dict(zip(free, vector, strict=True))}
+        prediction, gradient = form.log_loss(theta, columns)
+        value, slope = huber(prediction - target, huber_delta)
+        return scale * value.sum(), scale * np.array([slope @ gradient[name] for name in free])
+
+    generator = np.random.default_rng(seed)
+    bounds = [form.bounds[name] for name in free]
+    with _single_threaded_blas():
+        best = _best_of_starts(objective, free, form, bounds, n_starts, generator)
+    theta = {**fixed_theta, **dict(zip(free, (float(v) for v in best.x), strict=True))}
+    coefficients = form.to_natural({name: theta[name] for name in form.parameters})
+    residual = form.log_loss(theta, columns)[0] - target
+    return LawFit(
+        form=form,
+        coefficients=coefficients,
+        law=form.to_law(coefficients),
+        objective=float(best.fun),
+        rmse_log=float(np.sqrt(np.mean(residual**2))),
+        n_points=n_points,
+        n_starts=n_starts,
+        fixed=form.to_natural(fixed_theta),
+    )
+
+
+def _best_of_starts(objective, free, form, bounds, n_starts, generator):
+    best = None
+    for _ in range(n_starts):
+        start = np.array([generator.uniform(*form.start_ranges[name]) for name in free])
+        result = optimize.minimize(
+            objective,
+            start,
+            jac=True,
+            method="L-BFGS-B",
+            bounds=bounds,
+            options={"maxiter": 5000, "ftol": 1e-15, "gtol": 1e-10},
+        )
+        if np.isfinite(result.fun) and (best is None or result.fun < best.fun):
+            best = result
+    return best
+
+
+def _single_threaded_blas():
+    """L-BFGS-B's tiny linear algebra runs through BLAS; on a busy machine BLAS worker threads waiting for cores
+    make each iteration a thousand times slower than the arithmetic, so the fit uses one thread."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # threadpoolctl comes with scikit-learn; without it, run as is
+        return contextlib.nullcontext()
+    return threadpool_limits(1)
