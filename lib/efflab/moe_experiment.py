@@ -24,8 +24,9 @@ What is noisy at this scale (MoE vs dense, one G vs another) is repeated over se
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -41,6 +42,14 @@ from efflab.train import TrainConfig, fit, language_model_loss, progress_enabled
 from efflab.validation import check_choice, check_int
 
 DENSE = 0  # the granularity column's value for a dense model
+
+
+def constant_learning_rate(steps: int, lr: float, warmup_steps: int, eval_every: int) -> TrainConfig:
+    """A short warmup, then a constant learning rate, so that an evaluation along the way is a fair stand-in for
+    a run that stopped there (see the module docstring)."""
+    return TrainConfig(
+        steps=steps, lr=lr, warmup_steps=warmup_steps, min_lr_ratio=1.0, eval_every=eval_every, weight_decay=0.1
+    )
 
 
 @dataclass(frozen=True)
@@ -122,14 +131,7 @@ class GranularityBudget:
         return GPTConfig(block_size=self.block_size, n_layer=self.n_layer, n_head=self.n_head, d_model=width)
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig(
-            steps=self.steps,
-            lr=self.lr,
-            warmup_steps=self.warmup_steps,
-            min_lr_ratio=1.0,  # constant after warmup: see the module docstring
-            eval_every=self.eval_every,
-            weight_decay=0.1,
-        )
+        return constant_learning_rate(self.steps, self.lr, self.warmup_steps, self.eval_every)
 
     def specs(self, seed: int = 0) -> list[RunSpec]:
         """Every run of the experiment, in the order they are trained."""
@@ -150,19 +152,40 @@ class GranularityBudget:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One training run: a width, a granularity (0 = dense), a seed and, for an MoE, its routing."""
+    """One training run: a width, a granularity (0 = dense), a seed and, for an MoE, its routing and expansion
+    rate (None: the budget's; a grid over the number of experts, as in notebook 06, sets it per run)."""
 
     width: int
     granularity: int
     seed: int
     routing: str = "expert_choice"
+    expansion: int | None = None
 
     @property
     def label(self) -> str:
         if self.granularity == DENSE:
             return "dense"
+        if self.expansion is not None:
+            return f"MoE E={self.expansion}"
         suffix = " (token choice)" if self.routing == "token_choice" else ""
         return f"MoE G={self.granularity}{suffix}"
+
+
+class TrainingBudget(Protocol):
+    """What :func:`train_specs` needs of a budget (:class:`GranularityBudget` and notebook 06's have it)."""
+
+    steps: int
+    batch_size: int
+    block_size: int
+    eval_batches: int
+    threads: int | None
+
+    @property
+    def tokens_per_step(self) -> int: ...
+
+    def model_config(self, width: int) -> GPTConfig: ...
+
+    def train_config(self) -> TrainConfig: ...
 
 
 def law_parameters(config: GPTConfig, expansion: int = 1) -> int:
@@ -236,12 +259,20 @@ def _one_path(config, layer, path, x, upstream):
     return out.detach(), gradients, timer.seconds
 
 
-def build_model(spec: RunSpec, budget: GranularityBudget) -> TinyLM:
+def expansion_of(spec: RunSpec, budget: TrainingBudget) -> int:
+    """The run's expansion rate: 1 for a dense model, else the spec's own or the budget's."""
+    if spec.granularity == DENSE:
+        return 1
+    return spec.expansion if spec.expansion is not None else budget.expansion
+
+
+def build_model(spec: RunSpec, budget: TrainingBudget) -> TinyLM:
     torch.manual_seed(spec.seed)
     config = budget.model_config(spec.width)
     if spec.granularity == DENSE:
         return TinyLM(config)
-    return TinyLM(config, moe_ffn(expansion=budget.expansion, granularity=spec.granularity, routing=spec.routing))
+    experts = moe_ffn(expansion=expansion_of(spec, budget), granularity=spec.granularity, routing=spec.routing)
+    return TinyLM(config, experts)
 
 
 @dataclass
@@ -280,10 +311,10 @@ def router_snapshot(model: TinyLM, corpus: ByteCorpus, batch_size: int, seed: in
 
 
 @dataclass
-class GranularityResults:
-    """Everything the notebook shows: loss curves, one row per run, and the routers of the MoE runs."""
+class GridResults:
+    """Everything a grid of runs produced: loss curves, one row per run, and the routers of the MoE runs."""
 
-    budget: GranularityBudget
+    budget: TrainingBudget
     curves: (
         pd.DataFrame
     )  # one row per (run, evaluation): label, width, granularity, seed, step, tokens, val_loss ...
@@ -293,7 +324,7 @@ class GranularityResults:
 
 
 def train_one(
-    spec: RunSpec, budget: GranularityBudget, corpus: ByteCorpus, device: torch.device
+    spec: RunSpec, budget: TrainingBudget, corpus: ByteCorpus, device: torch.device
 ) -> tuple[TinyLM, pd.DataFrame]:
     """Train one run on the batches of its seed; validation on the same fixed windows for every run."""
     model = build_model(spec, budget).to(device)
@@ -311,26 +342,43 @@ def train_one(
 
 def run_granularity_experiment(
     run: Run, corpus: ByteCorpus, budget: GranularityBudget, *, progress: bool | None = None
-) -> GranularityResults:
+) -> GridResults:
     """Train every run of ``budget.specs(run.seed)`` with a progress bar over runs, and collect the results."""
-    specs = budget.specs(run.seed)
+    return train_specs(
+        run, corpus, budget, budget.specs(run.seed), progress=progress, description="granularity grid"
+    )
+
+
+def train_specs(
+    run: Run,
+    corpus: ByteCorpus,
+    budget: TrainingBudget,
+    specs: Sequence[RunSpec],
+    *,
+    progress: bool | None = None,
+    description: str = "runs",
+) -> GridResults:
+    """Train ``specs`` one after the other (on ``budget.threads`` threads), with a progress bar over runs.
+
+    Every run's evaluations become rows of ``curves`` and its final evaluation a row of ``runs``, with the law's
+    parameter counts: ``params`` (attention and every expert) and ``active_params`` (attention and one FFN).
+    """
     curve_rows, run_rows, routers = [], [], {}
     with Timer() as total, torch_threads(budget.threads):
-        bar = tqdm(specs, desc="granularity grid", disable=not progress_enabled(progress))
+        bar = tqdm(specs, desc=description, disable=not progress_enabled(progress))
         for spec in bar:
             bar.set_postfix_str(f"d={spec.width} {spec.label} seed={spec.seed}")
             model, history = train_one(spec, budget, corpus, run.device)
-            expansion = 1 if spec.granularity == DENSE else budget.expansion
-            params = law_parameters(model.config, expansion)
-            active = law_parameters(model.config, 1)
+            expansion = expansion_of(spec, budget)
             info = {
                 "label": spec.label,
                 "routing": "dense" if spec.granularity == DENSE else spec.routing,
                 "width": spec.width,
                 "granularity": spec.granularity,
+                "expansion": expansion,
                 "seed": spec.seed,
-                "params": params,
-                "active_params": active,
+                "params": law_parameters(model.config, expansion),
+                "active_params": law_parameters(model.config, 1),
             }
             evaluated = history.dropna(subset=["val_loss"])
             for step, loss in zip(evaluated.step, evaluated.val_loss, strict=True):
@@ -349,19 +397,18 @@ def run_granularity_experiment(
             snapshot = router_snapshot(model, corpus, budget.batch_size)
             if snapshot is not None:
                 routers[(spec.label, spec.width, spec.seed)] = snapshot
-    return GranularityResults(budget, pd.DataFrame(curve_rows), pd.DataFrame(run_rows), routers, total.seconds)
+    return GridResults(budget, pd.DataFrame(curve_rows), pd.DataFrame(run_rows), routers, total.seconds)
 
 
-def seed_spread(results: GranularityResults) -> dict[str, np.ndarray]:
-    """Validation-loss curves at the spread width, one (seeds, evaluations) array per configuration."""
+def seed_spread(results: GridResults) -> dict[str, np.ndarray]:
+    """Validation-loss curves at the budget's ``spread_width``: one (seeds, evaluations) array for every
+    configuration trained there with more than one seed, in the order they were trained."""
     curves = results.curves
-    at_width = curves[(curves.width == results.budget.spread_width) & (curves.routing != "token_choice")]
     spread = {}
-    for granularity in results.budget.spread_granularities:
-        rows = at_width[at_width.granularity == granularity]
+    for label, rows in curves[curves.width == results.budget.spread_width].groupby("label", sort=False):
         table = rows.pivot_table(index="seed", columns="tokens", values="val_loss")
-        label = rows.label.iloc[0]
-        spread[label] = table.to_numpy()
+        if len(table) > 1:
+            spread[label] = table.to_numpy()
     return spread
 
 
@@ -375,7 +422,7 @@ class ExperimentFits:
     n_dense_points: int
 
 
-def fit_laws(results: GranularityResults, *, n_starts: int = 12, seed: int = 0) -> ExperimentFits:
+def fit_laws(results: GridResults, *, n_starts: int = 12, seed: int = 0) -> ExperimentFits:
     """Fit the fine-grained form to the MoE runs and Chinchilla's to the dense runs (evaluations from
     ``fit_from_step`` on; the first steps are too far from the law's regime)."""
     curves = results.curves[results.curves.step >= results.budget.fit_from_step]

@@ -31,7 +31,7 @@ over log d_model, :func:`fg_optimal_for_granularity`); then take the best G of a
 (``N``, ``D``, ``G`` ...) and a function predicting log L. The fit minimises a Huber loss on log L, which a
 few bad runs cannot dominate, by L-BFGS from several seeded starting points (the best one wins), with
 coefficients fitted as logarithms; the method of Chinchilla's "approach 3". The joint MoE law of notebook 06
-(arXiv 2502.05172) is another :class:`LawForm` beside :data:`FINE_GRAINED_FORM`.
+(arXiv 2502.05172) is another :class:`LawForm`, in :mod:`efflab.joint_scaling_law`.
 """
 
 from __future__ import annotations
@@ -364,7 +364,7 @@ class LawForm:
         return result
 
 
-def _softmax_terms(*terms: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+def softmax_terms(*terms: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
     """log(sum_i exp(term_i)) and the weights exp(term_i - that), the derivative of the log-sum by each term."""
     stacked = np.stack(np.broadcast_arrays(*terms))
     top = stacked.max(axis=0)
@@ -375,12 +375,12 @@ def _softmax_terms(*terms: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
 def _fine_grained_log_loss(theta, features):
     """log of c + (a + g G^-gamma) N^-alpha + b D^-beta and its derivatives, from log coefficients."""
     log_n, log_d, log_g = np.log(features["N"]), np.log(features["D"]), np.log(features["G"])
-    inner, (share_a, share_g) = _softmax_terms(
+    inner, (share_a, share_g) = softmax_terms(
         np.full_like(log_n, theta["log_a"]), theta["log_g"] - theta["gamma"] * log_g
     )
     model = inner - theta["alpha"] * log_n
     data = theta["log_b"] - theta["beta"] * log_d
-    log_loss, (w_c, w_model, w_data) = _softmax_terms(np.full_like(log_n, theta["log_c"]), model, data)
+    log_loss, (w_c, w_model, w_data) = softmax_terms(np.full_like(log_n, theta["log_c"]), model, data)
     gradient = {
         "log_a": w_model * share_a,
         "alpha": -w_model * log_n,
@@ -398,7 +398,7 @@ def _chinchilla_log_loss(theta, features):
     log_n, log_d = np.log(features["N"]), np.log(features["D"])
     model = theta["log_a"] - theta["alpha"] * log_n
     data = theta["log_b"] - theta["beta"] * log_d
-    log_loss, (w_c, w_model, w_data) = _softmax_terms(np.full_like(log_n, theta["log_c"]), model, data)
+    log_loss, (w_c, w_model, w_data) = softmax_terms(np.full_like(log_n, theta["log_c"]), model, data)
     gradient = {
         "log_a": w_model,
         "alpha": -w_model * log_n,

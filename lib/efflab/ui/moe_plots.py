@@ -382,7 +382,7 @@ def router_cost_share(
 def measured_granularity_curves(runs: pd.DataFrame, *, seed: int) -> go.Figure:
     """Final validation loss against G for each width (one seed), the dense model of that width dashed.
 
-    ``runs`` is ``GranularityResults.runs``: columns width, granularity (0 = dense), routing, seed, val_loss.
+    ``runs`` is ``GridResults.runs``: columns width, granularity (0 = dense), routing, seed, val_loss.
     """
     missing = {"width", "granularity", "routing", "seed", "val_loss"} - set(runs)
     if missing:
