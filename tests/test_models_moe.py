@@ -17,7 +17,7 @@ from efflab.models.moe import (
     route_expert_choice,
     route_token_choice,
 )
-from efflab.moe_experiment import torch_threads
+from efflab.runtime import torch_threads
 from efflab.train import TrainConfig, cross_entropy, fit
 
 

@@ -15,7 +15,6 @@ from efflab.moe_experiment import (
     law_parameters,
     run_granularity_experiment,
     seed_spread,
-    torch_threads,
 )
 
 TINY = dataclasses.replace(
@@ -100,10 +99,3 @@ def test_budget_validation():
     with pytest.raises(ValueError, match="warmup_steps"):
         dataclasses.replace(TINY, warmup_steps=7)
     assert GranularityBudget.for_run(efflab.setup("quick", "cpu", 0, verbose=False)) == GranularityBudget.quick()
-
-
-def test_torch_threads_restores_the_setting():
-    before = torch.get_num_threads()
-    with torch_threads(1):
-        assert torch.get_num_threads() == 1
-    assert torch.get_num_threads() == before

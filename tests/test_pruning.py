@@ -24,6 +24,7 @@ from efflab.pruning import (
     make_schedule,
     one_shot_schedule,
 )
+from efflab.runtime import torch_threads
 from efflab.train import TrainConfig, fit
 
 RATIOS = (0.0, 0.3, 0.5, 0.8, 0.9, 0.95, 0.98)
@@ -32,7 +33,7 @@ RATIOS = (0.0, 0.3, 0.5, 0.8, 0.9, 0.95, 0.98)
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """Models this small run fastest on one thread, and threads fight over shared cores."""
-    with experiment.torch_threads(1):
+    with torch_threads(1):
         yield
 
 

@@ -86,3 +86,12 @@ def test_environment_table_lists_versions():
     table = efflab.runtime.environment_table()
     assert table.loc["torch", "version"] == torch.__version__.split("+")[0] or "+" in table.loc["torch", "version"]
     assert table.loc["numpy", "version"] != "not installed"
+
+
+def test_torch_threads_restores_the_setting():
+    before = torch.get_num_threads()
+    with efflab.runtime.torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with efflab.runtime.torch_threads(None):
+        assert torch.get_num_threads() == before

@@ -7,7 +7,7 @@ import torch
 from efflab import shapley as sh
 from efflab.data.digits import infinite_batches, load_digits
 from efflab.models.cnn import CNN, CNNConfig
-from efflab.pruning_experiment import torch_threads
+from efflab.runtime import torch_threads
 from efflab.train import TrainConfig, classification_metrics, fit
 
 

@@ -4,7 +4,7 @@ import torch
 import efflab
 from efflab.data.digits import load_digits
 from efflab.models.cnn import CNN
-from efflab.pruning_experiment import torch_threads
+from efflab.runtime import torch_threads
 from efflab.shapley import channel_layers
 from efflab.shapley_experiment import (
     FAMILIES,

@@ -23,8 +23,7 @@ What is noisy at this scale (MoE vs dense, one G vs another) is repeated over se
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -36,7 +35,7 @@ from tqdm.auto import tqdm
 from efflab.data.text import ByteCorpus
 from efflab.models.gpt import GPTConfig, TinyLM
 from efflab.models.moe import MoEConfig, MoEFeedForward, experts_per_token, moe_ffn, moe_layers
-from efflab.runtime import Run, Timer
+from efflab.runtime import Run, Timer, torch_threads
 from efflab.scaling_laws import CHINCHILLA_FORM, FINE_GRAINED_FORM, LawFit, fit_law
 from efflab.train import TrainConfig, fit, language_model_loss, progress_enabled
 from efflab.validation import check_choice, check_int
@@ -195,20 +194,6 @@ def law_parameters(config: GPTConfig, expansion: int = 1) -> int:
     """
     d = config.d_model
     return config.n_layer * (4 * d * d + expansion * 2 * d * config.d_ff)
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run the block with ``threads`` intra-op threads (None: leave the setting alone), then restore it."""
-    if threads is None:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def execution_path_check(

@@ -14,10 +14,9 @@ a single configuration that a reader asks to re-run live.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import multiprocessing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 
@@ -42,7 +41,7 @@ from efflab.pruning import (
     make_schedule,
     prune_and_finetune,
 )
-from efflab.runtime import Run, Timer, seed_everything
+from efflab.runtime import Run, Timer, seed_everything, torch_threads
 from efflab.train import TrainConfig, classification_metrics, fit, progress_enabled, run_evaluation
 from efflab.validation import check_choice, check_int, check_positive, check_seed
 
@@ -206,22 +205,6 @@ class PruningSweep:
                                 )
                             )
         return configs
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run a block with ``threads`` intra-op threads, then restore the previous setting.
-
-    Models this small are dominated by per-operation overhead, and splitting a 3x3 convolution over 8x8 images
-    across cores costs more in synchronisation than it saves, worst of all on cores shared with other work.
-    """
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def load_data(sweep: PruningSweep, seed: int) -> Digits:

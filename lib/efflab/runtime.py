@@ -10,9 +10,11 @@ experiment modules can ask ``run.quick`` and pick their budgets, and the noteboo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -105,6 +107,23 @@ class Timer:
 
     def __exit__(self, *exc) -> None:
         self.seconds = time.perf_counter() - self._start
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run a block with ``threads`` intra-op threads (None leaves the setting alone), then restore it.
+
+    The course's models are small enough that per-operation overhead dominates: splitting a tiny matrix product
+    over cores costs more in synchronisation than it saves, and on cores shared with other work two threads can
+    be several times slower than one. Experiments with tiny models therefore train on one thread.
+    """
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 COURSE_PACKAGES = (

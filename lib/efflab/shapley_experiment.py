@@ -30,8 +30,7 @@ from efflab.data.digits import Digits, Split, infinite_batches, load_digits
 from efflab.flops import count_parameters, module_forward_flops
 from efflab.models.cnn import CNN, CNNConfig
 from efflab.pruning import FinetuneBudget, finetune, scheduled_count
-from efflab.pruning_experiment import torch_threads
-from efflab.runtime import Run, Timer, seed_everything
+from efflab.runtime import Run, Timer, seed_everything, torch_threads
 from efflab.shapley import (
     PAYOFFS,
     ChannelGame,

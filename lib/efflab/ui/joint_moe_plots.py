@@ -26,7 +26,7 @@ from efflab.joint_scaling_law import (
     optimal_experts,
     peak_learning_rate,
 )
-from efflab.ui.plots import PALETTE, TEMPLATE, _layout
+from efflab.ui.plots import PALETTE, TEMPLATE, style_figure
 from efflab.ui.widgets import Explorer, explorer, slider
 
 EXPLORER_EXPERTS = (1, 2, 4, 8, 16, 32, 64)  # 64 lies beyond the paper's runs: an extrapolation
@@ -90,7 +90,7 @@ def loss_vs_experts(
     model must also fit ``memory_gb`` (solid). Without memory, more experts always win; memory bends the curve."""
     figure = go.Figure()
     _add_loss_vs_experts(figure, None, None, flops, memory_gb, kv_tokens, inference_tokens, selected, law)
-    return _layout(figure, f"Best loss by number of experts at F = {flops:.1e} FLOPs", "experts E", "loss")
+    return style_figure(figure, f"Best loss by number of experts at F = {flops:.1e} FLOPs", "experts E", "loss")
 
 
 def _add_frontier(figure, row, col, flops_values, memory_gb, kv_tokens, inference_tokens, marked, law):
@@ -126,7 +126,7 @@ def relative_frontier(
     figure = go.Figure()
     _add_frontier(figure, None, None, flops_values, memory_gb, kv_tokens, inference_tokens, None, law)
     limit = "compute only" if memory_gb is None else f"memory {memory_gb:g} GB, KV cache {kv_tokens} tokens"
-    return _layout(figure, f"Each E against dense ({limit})", "training FLOPs", "loss minus dense")
+    return style_figure(figure, f"Each E against dense ({limit})", "training FLOPs", "loss minus dense")
 
 
 def compute_saving_curves(flops_values: Sequence[float], *, law: JointLaw = JOINT) -> go.Figure:
@@ -139,7 +139,7 @@ def compute_saving_curves(flops_values: Sequence[float], *, law: JointLaw = JOIN
             line=dict(color=PALETTE[index % len(PALETTE)]),
         )  # fmt: skip
     figure.update_xaxes(type="log")
-    return _layout(
+    return style_figure(
         figure, "Compute a dense model needs to match an MoE", "MoE training FLOPs", "dense / MoE FLOPs"
     )
 
@@ -278,7 +278,7 @@ def measured_expert_curves(runs: pd.DataFrame, *, seed: int) -> go.Figure:
             line=dict(color=PALETTE[index % len(PALETTE)]),
         )  # fmt: skip
     figure.update_xaxes(type="log", tickvals=sorted(rows.expansion.unique().tolist()))
-    return _layout(
+    return style_figure(
         figure, "Final validation loss by number of experts (same active parameters per width)",
         "experts E (1 = dense)", "validation loss (nats/byte)",
     )  # fmt: skip
@@ -320,4 +320,4 @@ def measured_with_law(curves: pd.DataFrame, law: JointLaw, *, title: str) -> go.
     predicted = law.loss(float(curves.active_params.iloc[0]), tokens, int(curves.expansion.iloc[0]))
     figure.add_scatter(x=tokens, y=predicted, name="fitted joint law", line=dict(color="black"))
     figure.update_xaxes(type="log")
-    return _layout(figure, title, "training tokens", "validation loss (nats/byte)")
+    return style_figure(figure, title, "training tokens", "validation loss (nats/byte)")

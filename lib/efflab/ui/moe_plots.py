@@ -25,7 +25,7 @@ from efflab.scaling_laws import (
     fg_training_flops,
     router_flops_share,
 )
-from efflab.ui.plots import PALETTE, TEMPLATE, _layout
+from efflab.ui.plots import PALETTE, TEMPLATE, style_figure
 from efflab.validation import check_int
 
 GREY = "#d9d9d9"
@@ -110,7 +110,7 @@ def optimal_loss_by_granularity(
             name=f"your G = {selected:g}",
         )
     figure.update_xaxes(type="log", tickvals=list(granularities))
-    _layout(figure, f"Compute-optimal loss vs granularity at F = {flops:.1e} FLOPs", "granularity G", "loss")
+    style_figure(figure, f"Compute-optimal loss vs granularity at F = {flops:.1e} FLOPs", "granularity G", "loss")
     return figure, configs
 
 
@@ -144,7 +144,7 @@ def isoflop_curves(
             hovertext=f"optimum: D = {optimum.tokens:.2e} tokens",
         )
     figure.update_xaxes(type="log")
-    return _layout(figure, f"Iso-FLOP curves at G = {granularity:g}", "active parameters", "loss")
+    return style_figure(figure, f"Iso-FLOP curves at G = {granularity:g}", "active parameters", "loss")
 
 
 def compute_optimal_frontier(
@@ -329,7 +329,9 @@ def experts_per_token_bars(histograms: Mapping[str, np.ndarray]) -> go.Figure:
         histogram = np.atleast_2d(np.asarray(histogram, dtype=float)).mean(axis=0)
         figure.add_bar(x=list(range(len(histogram))), y=histogram, name=label, marker_color=PALETTE[index % 8])
     figure.update_layout(barmode="group")
-    return _layout(figure, "Experts per token", "number of experts that processed the token", "fraction of tokens")
+    return style_figure(
+        figure, "Experts per token", "number of experts that processed the token", "fraction of tokens"
+    )
 
 
 def law_parity(observed: Sequence[float], predicted: Sequence[float], labels: Sequence[str]) -> go.Figure:
@@ -354,7 +356,7 @@ def law_parity(observed: Sequence[float], predicted: Sequence[float], labels: Se
     figure.add_scatter(
         x=[low, high], y=[low, high], mode="lines", line=dict(color="gray", dash="dot"), showlegend=False
     )
-    return _layout(figure, "The fitted law against the measured losses", "law's prediction", "measured loss")
+    return style_figure(figure, "The fitted law against the measured losses", "law's prediction", "measured loss")
 
 
 def router_cost_share(
@@ -376,7 +378,9 @@ def router_cost_share(
         )
     figure.update_xaxes(type="log", tickvals=list(granularities))
     figure.update_yaxes(tickformat=".0%")
-    return _layout(figure, f"Router's share of the compute (E={expansion})", "granularity G", "share of FLOPs")
+    return style_figure(
+        figure, f"Router's share of the compute (E={expansion})", "granularity G", "share of FLOPs"
+    )
 
 
 def measured_granularity_curves(runs: pd.DataFrame, *, seed: int) -> go.Figure:
@@ -410,7 +414,7 @@ def measured_granularity_curves(runs: pd.DataFrame, *, seed: int) -> go.Figure:
                 line=dict(color=color, dash="dash"),
             )
     figure.update_xaxes(type="log", tickvals=sorted(rows.granularity[rows.granularity > 0].unique().tolist()))
-    return _layout(
+    return style_figure(
         figure, "Final validation loss against granularity", "granularity G", "validation loss (nats/byte)"
     )
 
@@ -436,4 +440,4 @@ def measured_with_law(curves: pd.DataFrame, law: FineGrainedLaw, *, title: str) 
     predicted = law.loss(float(curves.params.iloc[0]), tokens, granularity)
     figure.add_scatter(x=tokens, y=predicted, name="fitted law", line=dict(color="black"))
     figure.update_xaxes(type="log")
-    return _layout(figure, title, "training tokens", "validation loss (nats/byte)")
+    return style_figure(figure, title, "training tokens", "validation loss (nats/byte)")

@@ -20,7 +20,8 @@ TEMPLATE = "plotly_white"
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 
 
-def _layout(figure: go.Figure, title: str, x_title: str, y_title: str) -> go.Figure:
+def style_figure(figure: go.Figure, title: str, x_title: str, y_title: str) -> go.Figure:
+    """The course's look: white template, titles, a legend above the plot; every factory ends here."""
     figure.update_layout(
         title=title,
         xaxis_title=x_title,
@@ -66,7 +67,7 @@ def training_curves(
             )
     if log_y:
         figure.update_yaxes(type="log")
-    return _layout(figure, title, x, y_title)
+    return style_figure(figure, title, x, y_title)
 
 
 def band_plot(
@@ -101,7 +102,7 @@ def band_plot(
         figure.add_scatter(
             x=list(x), y=values.mean(axis=0), name=f"{name} (n={len(values)})", line=dict(color=color)
         )
-    return _layout(figure, title, x_title, y_title)
+    return style_figure(figure, title, x_title, y_title)
 
 
 def comparison_bars(
@@ -121,7 +122,7 @@ def comparison_bars(
             marker_color=[PALETTE[i % len(PALETTE)] for i in range(len(names))],
         )
     )
-    return _layout(figure, title, "", y_title)
+    return style_figure(figure, title, "", y_title)
 
 
 def paper_vs_run(rows: Sequence[Mapping]) -> pd.DataFrame:
@@ -167,7 +168,7 @@ def next_byte_bars(
     figure = go.Figure(go.Bar(x=labels, y=probabilities[order], marker_color=PALETTE[0]))
     figure.update_yaxes(range=[0, 1])
     figure.update_xaxes(type="category")
-    figure = _layout(figure, title, "byte", "probability")
+    figure = style_figure(figure, title, "byte", "probability")
     if subtitle is not None:
         figure.update_layout(
             title=dict(subtitle=dict(text=subtitle.replace("\n", "⏎"), font=dict(family="monospace"))),

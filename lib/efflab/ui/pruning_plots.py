@@ -154,7 +154,7 @@ def damage_curves(table: pd.DataFrame, *, dense_accuracy: float | None = None) -
     if dense_accuracy is not None:
         figure.add_hline(y=dense_accuracy, line_dash="dot", line_color="gray", annotation_text="dense")
     figure.update_yaxes(range=[0, 1.02])
-    return plots._layout(figure, "The damage before any fine-tuning", "pruning ratio", "test accuracy")
+    return plots.style_figure(figure, "The damage before any fine-tuning", "pruning ratio", "test accuracy")
 
 
 def step_trajectories(steps: pd.DataFrame, granularity: str, criterion: str, ratio: float) -> go.Figure:
@@ -181,7 +181,7 @@ def step_trajectories(steps: pd.DataFrame, granularity: str, criterion: str, rat
             ],
         )
     figure.update_yaxes(range=[0, 1.02])
-    return plots._layout(
+    return plots.style_figure(
         figure,
         f"Accuracy after each step, to a ratio of {ratio:g}",
         "fine-tuning epochs spent so far",
@@ -255,7 +255,7 @@ def budget_view(budget: pd.DataFrame, *, ratio: float, dense_accuracy: float | N
     if dense_accuracy is not None:
         figure.add_hline(y=dense_accuracy, line_dash="dot", line_color="gray", annotation_text="dense")
     figure.update_xaxes(type="log")
-    return plots._layout(
+    return plots.style_figure(
         figure,
         f"Accuracy against fine-tuning compute at ratio {ratio:g}",
         "fine-tuning epochs spent",
@@ -277,7 +277,9 @@ def schedule_staircase(schedules: Mapping[str, Sequence[float]], *, ratio: float
         )
     figure.add_hline(y=ratio, line_dash="dot", line_color="gray", annotation_text=f"target {ratio:g}")
     figure.update_yaxes(range=[0, 1])
-    return plots._layout(figure, f"Schedules to a pruning ratio of {ratio:g}", "pruning step", "cumulative ratio")
+    return plots.style_figure(
+        figure, f"Schedules to a pruning ratio of {ratio:g}", "pruning step", "cumulative ratio"
+    )
 
 
 def layer_sparsity_bars(layers: Mapping[str, pd.DataFrame] | pd.DataFrame, *, title: str) -> go.Figure:
@@ -291,7 +293,7 @@ def layer_sparsity_bars(layers: Mapping[str, pd.DataFrame] | pd.DataFrame, *, ti
         figure.add_bar(x=list(means.index), y=list(means), name=label or None, marker_color=color)
     figure.update_yaxes(range=[0, 1])
     figure.update_layout(barmode="group")
-    return plots._layout(figure, title, "layer", "pruned fraction")
+    return plots.style_figure(figure, title, "layer", "pruned fraction")
 
 
 def structured_cost_bars(costs: pd.DataFrame) -> go.Figure:
@@ -305,7 +307,7 @@ def structured_cost_bars(costs: pd.DataFrame) -> go.Figure:
         figure.add_bar(x=labels, y=pruned[column], name=name, marker_color=plots.PALETTE[index])
     figure.add_hline(y=1.0, line_dash="dot", line_color="gray", annotation_text="dense")
     figure.update_layout(barmode="group")
-    return plots._layout(
+    return plots.style_figure(
         figure, "What structured pruning buys on this CPU", "channel ratio removed per layer", "fraction of dense"
     )
 

@@ -14,7 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from efflab.ui.plots import TEMPLATE, _layout
+from efflab.ui.plots import TEMPLATE, style_figure
 from efflab.ui.widgets import Explorer, dropdown, explorer, slider
 
 COLORS = {
@@ -67,7 +67,7 @@ def channel_values(exact, others: Mapping[str, Sequence[float]], *, title: str) 
             x=labels, y=scores[order] * scale, name=f"{name} (rescaled)", mode="markers+lines",
             marker=dict(color=color(name), size=8), line=dict(color=color(name), width=1, dash="dot"),
         )  # fmt: skip
-    return _layout(figure, title, "channel (sorted by exact Shapley value)", "share of v(N) - v(∅)")
+    return style_figure(figure, title, "channel (sorted by exact Shapley value)", "share of v(N) - v(∅)")
 
 
 def marginal_heatmap(marginals, *, title: str) -> go.Figure:
@@ -96,7 +96,7 @@ def marginal_heatmap(marginals, *, title: str) -> go.Figure:
         showarrow=False,
         font=dict(color=color("leave-one-out")),
     )
-    figure = _layout(figure, title, "size of the coalition the channel joins", "channel")
+    figure = style_figure(figure, title, "size of the coalition the channel joins", "channel")
     return figure.update_layout(height=420)
 
 
@@ -122,7 +122,7 @@ def cost_benefit(table: pd.DataFrame, *, title: str) -> go.Figure:
             text=[f"setting {s}" for s in rows.setting], hovertemplate="%{x:.0f} evaluations, τ=%{y:.2f}, %{text}",
         )  # fmt: skip
     figure.update_xaxes(type="log")
-    figure = _layout(figure, title, "coalition evaluations (log scale)", "Kendall τ with exact Shapley")
+    figure = style_figure(figure, title, "coalition evaluations (log scale)", "Kendall τ with exact Shapley")
     return figure.update_layout(height=460)
 
 
@@ -146,7 +146,7 @@ def agreement_by_size(agreement: pd.DataFrame, *, title: str, families: Sequence
         line=dict(color="black", dash="dash"),
     )
     figure.update_yaxes(range=[0, 1.02])
-    figure = _layout(figure, title, "removal size o", "share of the oracle set among the o lowest")
+    figure = style_figure(figure, title, "removal size o", "share of the oracle set among the o lowest")
     return figure.update_layout(height=440)
 
 
@@ -162,7 +162,7 @@ def removal_curves(removed: Sequence[int], curves: Mapping[str, np.ndarray], *, 
         figure.add_scatter(
             x=x, y=mean, name=f"{name}", mode="lines+markers", line=dict(color=color(name), dash=dash)
         )
-    figure = _layout(figure, title, "channels removed (lowest-ranked first)", "test accuracy")
+    figure = style_figure(figure, title, "channels removed (lowest-ranked first)", "test accuracy")
     return figure.update_layout(height=440)
 
 
@@ -183,7 +183,7 @@ def network_bars(network: pd.DataFrame, *, title: str) -> go.Figure:
     figure.add_hline(y=dense, line_dash="dot", annotation_text="dense network", annotation_position="top left")
     figure.update_layout(barmode="group")
     figure.update_yaxes(range=[0, 1])
-    return _layout(figure, title, "how each layer's channels were ranked", "test accuracy")
+    return style_figure(figure, title, "how each layer's channels were ranked", "test accuracy")
 
 
 def rank_comparison(exact, estimate, *, estimate_name: str, title: str, values=None) -> go.Figure:
