@@ -1,0 +1,751 @@
+"""Early exits: internal classifiers that let easy inputs leave a network before its last layer.
+
+Kubaty et al. (2024), "How to Train Your Multi-Exit Model? Analyzing the Impact of Training Strategies",
+arXiv 2407.14320. This module holds the method; :mod:`efflab.early_exit_experiment` runs the notebook's study.
+
+**The model.** A backbone is a chain of stages f_1, ..., f_L (the conv blocks of the course CNN, or the
+transformer blocks of a ViT) followed by its own classifier g. An *early-exit* model attaches small internal
+classifiers ("heads") c_1, ..., c_{H-1} after some of the stages; the backbone's own classifier stays the last of
+the H exits. Exit h sees the hidden state z_h of the stage it sits on and predicts y_h = c_h(z_h).
+
+**The loss.** All exits are trained against the same label with the plain mean of their cross-entropies,
+
+    L(x, y) = (1 / H) * sum_h CE(y_h(x), y).
+
+**Three training regimes** (section 3 of the paper). Training is cut into three kinds of phase:
+
+* phase 1 trains the backbone alone, with its own classifier and the ordinary cross-entropy;
+* phase 2 trains the backbone and every head together with L;
+* phase 3 trains the heads alone on a *frozen* backbone.
+
+A regime is a sequence of phases. **Disjoint** is 1 then 3 (train a network, then bolt heads onto it);
+**joint** is 2 alone, from scratch (heads and backbone grow up together); **mixed**, the one the paper proposes,
+is 1 then 2 (train the backbone first, then let the heads reshape it). Frozen means frozen in *eval mode* too:
+normalisation layers stop updating their running statistics, so the disjoint model's last exit is bit for bit the
+backbone it started from. The second phase of mixed starts from a converged backbone, so it gets a fresh
+optimiser and a lower learning rate than phase 1; at the phase-1 rate the restart can knock the backbone out of
+its minimum and undo phase 1.
+
+**The exit rule.** At inference the exits are tried in order, and a sample leaves at the first head whose
+confidence (the largest softmax probability) is *strictly* above a threshold t; a sample that no head is sure
+about takes the last exit. Strictness matters: a float32 softmax can round to exactly 1.0, and with ``>`` a
+threshold of 1 still means "never exit early". The entropy rule (exit when the entropy of the softmax is
+strictly below s) is the other common choice.
+
+**Cost.** Reaching exit h costs the backbone up to the stage that exit h reads *plus every head up to and
+including h*: a sample that leaves at exit 3 has also paid for heads 1 and 2, which it consulted and ignored. We
+count these costs in FLOPs with the course counter (:func:`efflab.flops.module_forward_flops`, 2 FLOPs per
+multiply-add; the authors' fvcore counts multiply-adds, which halves every number and leaves every ratio alone).
+With n_h samples leaving at exit h out of N, the expected cost of a threshold is sum_h cost_h * n_h / N;
+sweeping the threshold traces a cost-accuracy curve, and the paper reads it off at 25, 50, 75 and 100 % of the
+backbone's cost.
+
+**Simulated and real exits.** The curve is computed once from every head's logits on every sample (one pass, then
+any threshold is a cheap lookup). A deployed model instead has to *stop computing* for the samples that left:
+:meth:`EarlyExitNetwork.early_exit_forward` shrinks the batch after every head, so later stages only process the
+rows that are still undecided, and :func:`measure_speedup` times that against the plain backbone.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from efflab.flops import module_forward_flops
+from efflab.runtime import Timer
+from efflab.train import TrainConfig, cross_entropy, fit
+from efflab.validation import check_choice, check_fraction, check_int, check_positive
+
+REGIMES = ("disjoint", "joint", "mixed")
+EXIT_RULES = ("confidence", "entropy")
+BUDGET_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+
+Batch = tuple[Tensor, Tensor]
+
+
+class PooledHead(nn.Module):
+    """The SDN head (Kaya et al. 2019, "Shallow-Deep Networks"), as the paper's code uses for CNNs.
+
+    A feature map (B, C, H, W) is pooled to ``pool_size`` x ``pool_size`` by a learned mix of max- and
+    average-pooling, ``alpha * maxpool + (1 - alpha) * avgpool`` (alpha is a free scalar, started at 0.5), then
+    flattened into one linear layer. Pooling keeps the head cheap next to the block it reads: its only FLOPs are
+    the linear layer's. A map already smaller than ``pool_size`` is kept at its own size. When the map divides
+    evenly, adaptive pooling is the same as plain pooling with a fixed window, which CPUs run several times
+    faster, so we use that.
+    """
+
+    def __init__(self, channels: int, num_classes: int, map_size: int, pool_size: int = 4):
+        super().__init__()
+        check_int("channels", channels, low=1)
+        check_int("num_classes", num_classes, low=2)
+        check_int("map_size", map_size, low=1)
+        check_int("pool_size", pool_size, low=1)
+        size = min(pool_size, map_size)
+        self.pools = size < map_size  # a map already at the pooled size passes through (both pools are identity)
+        if map_size % size == 0:
+            window = map_size // size
+            self.max_pool, self.avg_pool = nn.MaxPool2d(window), nn.AvgPool2d(window)
+        else:
+            self.max_pool, self.avg_pool = nn.AdaptiveMaxPool2d(size), nn.AdaptiveAvgPool2d(size)
+        self.alpha = nn.Parameter(torch.tensor(0.5))
+        self.linear = nn.Linear(channels * size * size, num_classes)
+
+    def forward(self, features: Tensor) -> Tensor:
+        if self.pools:
+            features = self.alpha * self.max_pool(features) + (1 - self.alpha) * self.avg_pool(features)
+        return self.linear(features.flatten(1))
+
+
+class EarlyExitNetwork(nn.Module):
+    """A backbone with internal classifiers: ``forward`` returns the logits of every exit, earliest first.
+
+    Arguments:
+        backbone: the network being extended; ``backbone(x)`` must equal ``final_exit`` applied after all
+            ``stages`` (true of the course CNN with its ``features`` and ``classifier``).
+        stages: the backbone's blocks in order, each a submodule of ``backbone``.
+        final_exit: the backbone's own classifier, the last exit.
+        heads: one module per internal exit.
+        place_at: for each head, the index of the stage whose output it reads (strictly increasing).
+
+    Nothing here is specific to convolutions: a ViT passes its embedding and transformer blocks as stages,
+    its norm and linear head as ``final_exit``, and heads that read the class token. :func:`attach_to_cnn`
+    builds the CNN version.
+
+    After :meth:`freeze_backbone` the backbone's parameters stop requiring gradients and the backbone stays in
+    eval mode even when the whole network is put in training mode (``train()`` is overridden for that), so a
+    training loop that calls ``model.train()`` every step cannot wake its normalisation layers up.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        stages: Sequence[nn.Module],
+        final_exit: nn.Module,
+        heads: Sequence[nn.Module],
+        place_at: Sequence[int],
+    ):
+        super().__init__()
+        stages, place_at = tuple(stages), tuple(place_at)
+        owned = {id(module) for module in backbone.modules()}
+        for name, module in [(f"stages[{i}]", s) for i, s in enumerate(stages)] + [("final_exit", final_exit)]:
+            if id(module) not in owned:
+                raise ValueError(f"{name} is not allowed: it is not a submodule of the backbone")
+        if len(heads) != len(place_at):
+            raise ValueError(f"place_at={place_at!r} is not allowed; expected one stage index per head")
+        for index in place_at:
+            check_int("place_at", index, low=0, high=len(stages) - 1)
+        if list(place_at) != sorted(set(place_at)):
+            raise ValueError(f"place_at={place_at!r} is not allowed; expected strictly increasing stage indices")
+        self.backbone = backbone
+        self.heads = nn.ModuleList(heads)
+        # The stages and the final exit are registered once, inside the backbone; here they are plain references
+        # (nn.Module would otherwise register the final exit a second time, duplicating it in the state dict).
+        self.stages = stages
+        object.__setattr__(self, "final_exit", final_exit)
+        self.place_at = place_at
+        self.backbone_frozen = False
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.heads) + 1
+
+    def exit_stages(self) -> tuple[int, ...]:
+        """The stage each exit reads; the last exit reads the last stage."""
+        return (*self.place_at, len(self.stages) - 1)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return self.forward_until(x, self.num_exits - 1)
+
+    def forward_until(self, x: Tensor, exit_index: int) -> list[Tensor]:
+        """Logits of exits 0..``exit_index``, computing only the stages those exits need."""
+        check_int("exit_index", exit_index, low=0, high=self.num_exits - 1)
+        last_stage = self.exit_stages()[exit_index]
+        heads_at = dict(zip(self.place_at, self.heads, strict=True))
+        outputs = []
+        hidden = x
+        for index, stage in enumerate(self.stages[: last_stage + 1]):
+            hidden = stage(hidden)
+            if index in heads_at and len(outputs) <= exit_index:
+                outputs.append(heads_at[index](hidden))
+        if exit_index == self.num_exits - 1:
+            outputs.append(self.final_exit(hidden))
+        return outputs
+
+    def exit_logits(self, x: Tensor) -> Tensor:
+        """All exits' logits stacked: (H, B, num_classes)."""
+        return torch.stack(self.forward(x))
+
+    @torch.no_grad()
+    def early_exit_forward(self, x: Tensor, threshold: float, rule: str = "confidence") -> tuple[Tensor, Tensor]:
+        """Real early-exit inference: the logits of the exit each sample took, (B, C), and that exit, (B,).
+
+        After each head, the rows that exit are written to the output and dropped from the batch, so every later
+        stage runs on the undecided rows only. The loop runs over stages, never over samples.
+        """
+        check_threshold(threshold, rule)
+        heads_at = dict(zip(self.place_at, enumerate(self.heads), strict=True))
+        exits = torch.full((len(x),), self.num_exits - 1, dtype=torch.long, device=x.device)
+        active = torch.arange(len(x), device=x.device)
+        logits_out: Tensor | None = None
+        hidden = x
+        for index, stage in enumerate(self.stages):
+            hidden = stage(hidden)
+            if index not in heads_at:
+                continue
+            head_index, head = heads_at[index]
+            logits = head(hidden)
+            if logits_out is None:
+                logits_out = logits.new_empty(len(x), logits.shape[-1])
+            leaving = exit_mask(logits, threshold, rule)
+            logits_out[active[leaving]] = logits[leaving]
+            exits[active[leaving]] = head_index
+            hidden, active = hidden[~leaving], active[~leaving]
+            if len(active) == 0:
+                return logits_out, exits
+        final = self.final_exit(hidden)
+        if logits_out is None:
+            logits_out = final.new_empty(len(x), final.shape[-1])
+        logits_out[active] = final
+        return logits_out, exits
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return list(self.heads.parameters())
+
+    def freeze_backbone(self) -> None:
+        """Phase 3: the backbone stops learning, and stops updating normalisation statistics (eval mode)."""
+        self.backbone_frozen = True
+        self.backbone.requires_grad_(False)
+        self.backbone.eval()
+
+    def unfreeze_backbone(self) -> None:
+        self.backbone_frozen = False
+        self.backbone.requires_grad_(True)
+        self.backbone.train(self.training)
+
+    def train(self, mode: bool = True) -> EarlyExitNetwork:
+        super().train(mode)
+        if self.backbone_frozen:
+            self.backbone.eval()
+        return self
+
+
+def _map_sizes(stages: Sequence[nn.Module], example: Tensor) -> list[tuple[int, ...]]:
+    """The output shape (without the batch axis) of every stage on ``example``."""
+    shapes, hidden = [], example
+    with torch.no_grad():
+        for stage in stages:
+            hidden = stage(hidden)
+            shapes.append(tuple(hidden.shape[1:]))
+    return shapes
+
+
+def attach_to_cnn(cnn: nn.Module, place_at: Sequence[int] | None = None, pool_size: int = 4) -> EarlyExitNetwork:
+    """Attach a :class:`PooledHead` after blocks of an :class:`efflab.models.cnn.CNN`.
+
+    By default a head follows every block but the last, whose output feeds the CNN's own classifier (the last
+    exit). The heads' input sizes are read from a forward pass of a blank image.
+    """
+    config = cnn.config
+    stages = list(cnn.features)
+    place_at = tuple(range(len(stages) - 1)) if place_at is None else tuple(place_at)
+    device = next(cnn.parameters()).device
+    example = torch.zeros(1, config.in_channels, config.image_size, config.image_size, device=device)
+    shapes = _map_sizes(stages, example)
+    heads = []
+    for index in place_at:
+        check_int("place_at", index, low=0, high=len(stages) - 1)
+        channels, height, _ = shapes[index]
+        heads.append(PooledHead(channels, config.num_classes, height, pool_size))
+    return EarlyExitNetwork(cnn, stages, cnn.classifier, heads, place_at).to(device)
+
+
+def multi_exit_loss(network: EarlyExitNetwork, x: Tensor, y: Tensor) -> Tensor:
+    """L = (1/H) sum_h CE(y_h, y): the plain mean of every exit's cross-entropy."""
+    return torch.stack([F.cross_entropy(logits, y) for logits in network(x)]).mean()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training regimes
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase of a regime: what trains ("backbone", "joint" or "heads"), for how long, at what peak rate.
+
+    In a "joint" phase the heads may have their own peak rate ``heads_lr`` (by default the backbone's).
+    """
+
+    trains: str
+    steps: int
+    lr: float
+    heads_lr: float | None = None
+
+    def __post_init__(self):
+        check_choice("trains", self.trains, ("backbone", "joint", "heads"))
+        check_int("steps", self.steps, low=1)
+        check_positive("lr", self.lr)
+        object.__setattr__(self, "heads_lr", self.lr if self.heads_lr is None else self.heads_lr)
+        check_positive("heads_lr", self.heads_lr)
+
+
+@dataclass(frozen=True)
+class RegimeSchedule:
+    """Phase lengths and learning rates shared by the three regimes, so that they get the same step budget.
+
+    ``backbone_steps`` is phase 1; ``exit_steps`` is what follows it (phase 3 for disjoint, phase 2 for mixed).
+    Joint, which has no phase 1, trains everything for ``backbone_steps + exit_steps`` at ``backbone_lr``.
+
+    The heads that are added to a trained backbone (disjoint's phase 3, mixed's phase 2) learn from scratch at
+    ``heads_lr`` in both regimes, so those two differ only in whether the backbone moves too. In mixed it does,
+    at ``mixed_lr``: it starts from a converged backbone and should be lower than ``backbone_lr``, or the
+    restart can throw the backbone out of the minimum phase 1 found. (The authors' code runs phase 2 at one rate
+    for all parameters; splitting it keeps the new heads from learning ``backbone_lr / mixed_lr`` times slower
+    than disjoint's, which would tilt the comparison.) Each phase has a fresh AdamW optimiser with a linear
+    warmup and a cosine decay to ``min_lr_ratio`` of its peak.
+    """
+
+    backbone_steps: int
+    exit_steps: int
+    backbone_lr: float = 3e-3
+    mixed_lr: float = 1e-3
+    heads_lr: float = 3e-3
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    min_lr_ratio: float = 0.05
+
+    def __post_init__(self):
+        check_int("backbone_steps", self.backbone_steps, low=1)
+        check_int("exit_steps", self.exit_steps, low=1)
+        for name in ("backbone_lr", "mixed_lr", "heads_lr"):
+            check_positive(name, getattr(self, name))
+        check_int("warmup_steps", self.warmup_steps, low=0)  # a phase shorter than this warms up throughout
+        check_positive("weight_decay", self.weight_decay, allow_zero=True)
+        check_fraction("min_lr_ratio", self.min_lr_ratio, inclusive=True)
+
+    def phases(self, regime: str) -> tuple[Phase, ...]:
+        """The regime as a sequence of phases (section 3 of the paper)."""
+        check_regime(regime)
+        backbone = Phase("backbone", self.backbone_steps, self.backbone_lr)
+        if regime == "disjoint":
+            return backbone, Phase("heads", self.exit_steps, self.heads_lr)
+        if regime == "joint":
+            return (Phase("joint", self.backbone_steps + self.exit_steps, self.backbone_lr),)
+        return backbone, Phase("joint", self.exit_steps, self.mixed_lr, heads_lr=self.heads_lr)
+
+    def train_config(self, phase: Phase) -> TrainConfig:
+        return TrainConfig(
+            steps=phase.steps,
+            lr=phase.lr,
+            warmup_steps=min(self.warmup_steps, phase.steps),
+            weight_decay=self.weight_decay,
+            min_lr_ratio=self.min_lr_ratio,
+        )
+
+
+def check_regime(regime) -> None:
+    check_choice("regime", regime, REGIMES)
+
+
+def run_phase(
+    network: EarlyExitNetwork,
+    phase: Phase,
+    batches: Iterable[Batch] | Callable[[], Batch],
+    schedule: RegimeSchedule,
+    *,
+    progress: bool | None = None,
+    description: str | None = None,
+) -> pd.DataFrame:
+    """Train one phase with the course loop (:func:`efflab.train.fit`) and return its history."""
+    config = schedule.train_config(phase)
+    description = description or phase.trains
+    if phase.trains == "backbone":
+        network.unfreeze_backbone()
+        return fit(
+            network.backbone, batches, config, loss_fn=cross_entropy, progress=progress, description=description
+        )
+    if phase.trains == "heads":
+        network.freeze_backbone()
+        groups = [{"params": network.head_parameters(), "name": "heads"}]
+    else:
+        network.unfreeze_backbone()
+        groups = [
+            {"params": list(network.backbone.parameters()), "name": "backbone"},
+            {"params": network.head_parameters(), "name": "heads", "lr_scale": phase.heads_lr / phase.lr},
+        ]
+    return fit(
+        network, batches, config, param_groups=groups, loss_fn=multi_exit_loss, progress=progress,
+        description=description,
+    )  # fmt: skip
+
+
+def train_regimes(
+    make_network: Callable[[], EarlyExitNetwork],
+    batches: Callable[[int], Iterable[Batch] | Callable[[], Batch]],
+    schedule: RegimeSchedule,
+    regimes: Sequence[str] = REGIMES,
+    *,
+    progress: bool | None = None,
+) -> dict[str, tuple[EarlyExitNetwork, pd.DataFrame]]:
+    """Train every regime; disjoint and mixed share one phase-1 backbone, as in the paper's code.
+
+    ``make_network()`` builds a fresh untrained network (seed the RNG before calling this for reproducibility);
+    ``batches(i)`` returns the batch stream of the i-th phase of a regime, so phase 1 and what follows it draw
+    different (seeded) batch orders. Returns ``{regime: (trained network, history)}``; the history's ``phase``
+    column says which phase each step belongs to.
+    """
+    for regime in regimes:
+        check_regime(regime)
+    trained: dict[str, tuple[EarlyExitNetwork, pd.DataFrame]] = {}
+    base = make_network()
+    pretrained: tuple[EarlyExitNetwork, pd.DataFrame] | None = None
+    for regime in regimes:
+        phases = schedule.phases(regime)
+        histories = []
+        if phases[0].trains == "backbone":
+            if pretrained is None:
+                network = copy.deepcopy(base)
+                history = run_phase(
+                    network, phases[0], batches(0), schedule, progress=progress, description="phase 1"
+                )
+                pretrained = network, history.assign(phase=1)
+            network, history = copy.deepcopy(pretrained[0]), pretrained[1]
+            histories.append(history)
+            later = phases[1:]
+        else:
+            network, later = copy.deepcopy(base), phases
+        for phase in later:
+            number = 3 if phase.trains == "heads" else 2
+            history = run_phase(
+                network, phase, batches(len(histories)), schedule, progress=progress,
+                description=f"{regime} phase {number}",
+            )  # fmt: skip
+            histories.append(history.assign(phase=number))
+        network.eval()
+        trained[regime] = network, pd.concat(histories, ignore_index=True)
+    return trained
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The exit rule and the cost-accuracy trade-off
+
+
+def check_rule(rule) -> None:
+    check_choice("rule", rule, EXIT_RULES)
+
+
+def check_threshold(threshold, rule: str = "confidence") -> None:
+    """A threshold is a number >= 0 (for confidence, anything >= 1 means "never exit early")."""
+    check_rule(rule)
+    ok = isinstance(threshold, int | float | np.floating) and not isinstance(threshold, bool)
+    if not ok or math.isnan(threshold) or threshold < 0:
+        unit = "a confidence (max softmax probability)" if rule == "confidence" else "an entropy in nats"
+        raise ValueError(f"threshold={threshold!r} is not allowed; expected {unit}: a number >= 0")
+
+
+def exit_mask(logits: Tensor, threshold: float, rule: str = "confidence") -> Tensor:
+    """Which rows of ``logits`` (..., C) are confident enough to exit: max p > t, or entropy(p) < t (strict)."""
+    check_rule(rule)
+    probabilities = logits.softmax(-1)
+    if rule == "confidence":
+        return probabilities.amax(-1) > threshold
+    entropy = -(probabilities * logits.log_softmax(-1)).sum(-1)
+    return entropy < threshold
+
+
+def choose_exits(exit_logits: Tensor, threshold: float, rule: str = "confidence") -> Tensor:
+    """The exit each sample takes, (N,), from all exits' logits (H, N, C): the first that passes the rule.
+
+    The last exit always "passes": a sample no internal head is sure about takes the backbone's answer.
+    """
+    check_threshold(threshold, rule)
+    passes = exit_mask(exit_logits, threshold, rule)
+    passes[-1] = True
+    return passes.int().argmax(0)  # argmax returns the first maximum: the earliest passing exit
+
+
+def exit_costs(network: EarlyExitNetwork, example: Tensor) -> list[int]:
+    """FLOPs of reaching each exit on one sample: the stages up to it plus every head up to and including it."""
+
+    class Prefix(nn.Module):
+        def __init__(self, exit_index: int):
+            super().__init__()
+            self.network, self.exit_index = network, exit_index
+
+        def forward(self, x):
+            return self.network.forward_until(x, self.exit_index)
+
+    was_training = network.training
+    network.eval()
+    costs = [module_forward_flops(Prefix(h), example[:1]) for h in range(network.num_exits)]
+    network.train(was_training)
+    return costs
+
+
+@dataclass(frozen=True)
+class ExitOutcome:
+    """What one threshold does to a test set: where each sample exits, what it predicts, what it costs."""
+
+    threshold: float
+    rule: str
+    exits: Tensor  # (N,) exit index per sample
+    predictions: Tensor  # (N,)
+    histogram: np.ndarray  # (H,) samples per exit
+    accuracy: float
+    expected_flops: float  # sum_h cost_h * n_h / N
+    relative_cost: float  # expected_flops / the backbone's FLOPs
+
+
+def evaluate_threshold(
+    exit_logits: Tensor,
+    labels: Tensor,
+    costs: Sequence[float],
+    threshold: float,
+    *,
+    rule: str = "confidence",
+    backbone_flops: float | None = None,
+) -> ExitOutcome:
+    """Simulate the exit rule on precomputed logits (H, N, C); cheap enough to call from a slider."""
+    if len(costs) != len(exit_logits):
+        raise ValueError(f"costs has {len(costs)} entries; expected one per exit ({len(exit_logits)})")
+    exits = choose_exits(exit_logits, threshold, rule)
+    predictions = exit_logits.argmax(-1).gather(0, exits[None]).squeeze(0)
+    histogram = torch.bincount(exits.cpu(), minlength=len(costs)).numpy()
+    expected = float(np.dot(histogram, np.asarray(costs, dtype=float)) / len(exits))
+    reference = backbone_flops if backbone_flops is not None else costs[-1]
+    accuracy = float((predictions == labels.to(predictions.device)).float().mean())
+    return ExitOutcome(
+        float(threshold), rule, exits, predictions, histogram, accuracy, expected, expected / reference
+    )
+
+
+def default_thresholds(rule: str = "confidence", count: int = 101) -> np.ndarray:
+    """The sweep: ``linspace(0, 1, count)`` as in the paper's code, refined towards 1 for confidence.
+
+    Trained heads are often 99.9 % sure, so a plain grid would put all the interesting operating points between
+    its last two values; we add 1 - 10^-k for k = 3..6. Entropy thresholds sweep 0..ln(10) nats.
+    """
+    check_rule(rule)
+    check_int("count", count, low=2)
+    if rule == "entropy":
+        return np.linspace(0.0, math.log(10), count)
+    near_one = 1 - 10.0 ** -np.arange(3, 7)
+    return np.unique(np.concatenate([np.linspace(0.0, 1.0, count), near_one]))
+
+
+def cost_accuracy_curve(
+    exit_logits: Tensor,
+    labels: Tensor,
+    costs: Sequence[float],
+    thresholds: Iterable[float] | None = None,
+    *,
+    rule: str = "confidence",
+    backbone_flops: float | None = None,
+) -> pd.DataFrame:
+    """One row per threshold: threshold, expected_flops, relative_cost, accuracy."""
+    thresholds = default_thresholds(rule) if thresholds is None else thresholds
+    rows = []
+    for threshold in thresholds:
+        outcome = evaluate_threshold(
+            exit_logits, labels, costs, float(threshold), rule=rule, backbone_flops=backbone_flops
+        )
+        rows.append(
+            dict(
+                threshold=outcome.threshold,
+                expected_flops=outcome.expected_flops,
+                relative_cost=outcome.relative_cost,
+                accuracy=outcome.accuracy,
+            )
+        )
+    return pd.DataFrame(rows)
+
+
+def accuracy_within_budget(curve: pd.DataFrame, budgets: Iterable[float]) -> np.ndarray:
+    """Accuracy at each relative-cost budget, by the paper's step rule; NaN where no point fits.
+
+    The rule (the authors' table script): take the curve point with the largest cost that does not exceed the
+    budget, and report its accuracy, without interpolating. Ties in cost go to the later threshold of the sweep.
+    """
+    ordered = curve.sort_values("relative_cost", kind="stable")
+    cost, accuracy = ordered.relative_cost.to_numpy(), ordered.accuracy.to_numpy()
+    budgets = np.asarray(list(budgets), dtype=float)
+    position = np.searchsorted(cost, budgets, side="right") - 1
+    return np.where(position >= 0, accuracy[np.clip(position, 0, None)], np.nan)
+
+
+def accuracy_at_budgets(curve: pd.DataFrame, fractions: Sequence[float] = BUDGET_FRACTIONS) -> dict[str, float]:
+    """The paper's table row: accuracy at 25, 50, 75 and 100 % of the backbone's cost, keyed "25%" etc."""
+    values = accuracy_within_budget(curve, fractions)
+    return {f"{round(100 * f)}%": float(v) for f, v in zip(fractions, values, strict=True)}
+
+
+def area_under_curve(curve: pd.DataFrame, up_to: float = 1.0) -> float:
+    """Mean accuracy within budget over relative costs in [0, ``up_to``] (budgets no exit fits count as 0).
+
+    One number per curve that rewards being accurate early; a perfect model scores 1 only if it is right at
+    no cost, so compare regimes with it rather than reading it absolutely.
+    """
+    check_positive("up_to", up_to)
+    grid = np.linspace(0.0, up_to, 201)
+    return float(np.nan_to_num(accuracy_within_budget(curve, grid), nan=0.0).mean())
+
+
+@torch.no_grad()
+def exit_logits_on(network: EarlyExitNetwork, x: Tensor, batch_size: int = 1024) -> Tensor:
+    """All exits' logits (H, N, C) on ``x`` in eval mode, in chunks."""
+    check_int("batch_size", batch_size, low=1)
+    network.eval()
+    device = next(network.parameters()).device
+    chunks = [network.exit_logits(x[i : i + batch_size].to(device)) for i in range(0, len(x), batch_size)]
+    return torch.cat(chunks, dim=1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Wall-clock of real early exits
+
+
+def _seconds(work: Callable[[], object], device: torch.device) -> float:
+    """Wall-clock seconds of one call. On a GPU kernels run asynchronously, so we synchronise around the call."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    with Timer() as timer:
+        work()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    return timer.seconds
+
+
+def _alternating_times(first: Callable[[], object], second: Callable[[], object], repeats: int, device):
+    """Seconds of ``repeats`` runs of each of two workloads, alternating, after one warm-up run of each.
+
+    Alternating means a burst of load from elsewhere on the machine slows both alike.
+    """
+    first(), second()
+    pairs = [(_seconds(first, device), _seconds(second, device)) for _ in range(repeats)]
+    return [a for a, _ in pairs], [b for _, b in pairs]
+
+
+@torch.no_grad()
+def measure_speedup(
+    network: EarlyExitNetwork,
+    x: Tensor,
+    threshold: float,
+    *,
+    rule: str = "confidence",
+    costs: Sequence[float] | None = None,
+    repeats: int = 11,
+) -> dict[str, float]:
+    """Wall-clock of real early exits beside the FLOP estimate, both relative to the plain backbone.
+
+    Times ``network.early_exit_forward`` and ``network.backbone`` on the same batch, alternating, ``repeats``
+    times each after a warm-up. ``flop_ratio`` is the expected cost over the backbone's; ``time_ratio`` is what
+    the clock says: the median over the repeats of (early-exit time / backbone time) in the same round, which
+    cancels most of the load that other work puts on a shared machine. The ``_ms`` columns are plain medians.
+
+    The gap between the two ratios is the price of the heads' bookkeeping (softmax, masks, gathering the
+    remaining rows), of small batches running less efficiently than big ones, and of the work a FLOP count
+    leaves out (pooling, activations, memory traffic), which weighs most in the early, large maps.
+    """
+    check_int("repeats", repeats, low=1)
+    network.eval()
+    example = x[:1]
+    costs = exit_costs(network, example) if costs is None else costs
+    backbone_flops = module_forward_flops(network.backbone, example)
+    _, exits = network.early_exit_forward(x, threshold, rule)
+    histogram = torch.bincount(exits.cpu(), minlength=network.num_exits).numpy()
+    flop_ratio = float(np.dot(histogram, costs) / len(x) / backbone_flops)
+    backbone, early = _alternating_times(
+        lambda: network.backbone(x), lambda: network.early_exit_forward(x, threshold, rule), repeats, x.device
+    )
+    return dict(
+        threshold=float(threshold),
+        flop_ratio=flop_ratio,
+        time_ratio=statistics.median(e / b for e, b in zip(early, backbone, strict=True)),
+        backbone_ms=1e3 * statistics.median(backbone),
+        early_exit_ms=1e3 * statistics.median(early),
+    )
+
+
+@torch.no_grad()
+def time_breakdown(network: EarlyExitNetwork, x: Tensor, *, repeats: int = 11) -> pd.DataFrame:
+    """Where a forward pass spends its FLOPs and its time: one row per block, head and the final classifier.
+
+    Columns: part, flops (per sample, by the course counter), ms (median over ``repeats`` rounds on the batch
+    ``x``, each round timing every part once), and each part's share of the totals. Comparing the two shares
+    shows which parts a FLOP count under- or over-states on this machine.
+    """
+    check_int("repeats", repeats, low=1)
+    network.eval()
+    heads_at = dict(zip(network.place_at, enumerate(network.heads), strict=True))
+    parts, hidden = [], x
+    for index, stage in enumerate(network.stages):
+        parts.append((f"block {index + 1}", stage, hidden))
+        hidden = stage(hidden)
+        if index in heads_at:
+            head_index, head = heads_at[index]
+            parts.append((f"head {head_index + 1}", head, hidden))
+    parts.append(("classifier", network.final_exit, hidden))
+    for _, module, inputs in parts:
+        module(inputs)  # warm-up
+    # Round-robin over the parts, so that a burst of load elsewhere on the machine is spread over all of them.
+    rounds = [[_seconds(lambda m=m, i=i: m(i), x.device) for _, m, i in parts] for _ in range(repeats)]
+    table = pd.DataFrame(
+        [
+            dict(part=name, flops=module_forward_flops(module, inputs[:1]), ms=1e3 * statistics.median(times))
+            for (name, module, inputs), times in zip(parts, zip(*rounds, strict=True), strict=True)
+        ]
+    )
+    return table.assign(flop_share=table.flops / table.flops.sum(), time_share=table.ms / table.ms.sum())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Numerical rank of activations
+
+
+def numerical_rank(activations: Tensor, rtol: float = 1e-3) -> int:
+    """The number of directions a set of representations really spans.
+
+    ``activations`` is an (N, ...) batch, flattened to an N x D matrix A (one row per sample) and centred
+    (the mean row is subtracted, so a constant offset does not count as a direction). Its numerical rank is the
+    number of singular values sigma_i with sigma_i > rtol * sigma_max: the dimension of the subspace the
+    representations occupy, ignoring directions whose spread is negligible next to the main one. It never
+    exceeds min(N - 1, D), so measure it with N well above D, or it only counts samples.
+
+    The singular values are the square roots of the eigenvalues of the smaller Gram matrix, A^T A (D x D) or
+    A A^T (N x N), which is much cheaper than an SVD of A when one side is long; in float64, squaring leaves
+    ample precision for a relative tolerance of 1e-3.
+    """
+    check_positive("rtol", rtol)
+    matrix = activations.reshape(len(activations), -1).double()
+    matrix = matrix - matrix.mean(0, keepdim=True)
+    gram = matrix.T @ matrix if matrix.shape[1] <= matrix.shape[0] else matrix @ matrix.T
+    singular = torch.linalg.eigvalsh(gram).clamp(min=0).sqrt()
+    if singular.numel() == 0 or singular.max() == 0:
+        return 0
+    return int((singular > rtol * singular.max()).sum())
+
+
+@torch.no_grad()
+def activation_ranks(network: EarlyExitNetwork, x: Tensor, rtol: float = 1e-3) -> pd.DataFrame:
+    """Numerical rank of every stage's output on ``x``: columns stage, rank, dimension, rank_fraction.
+
+    ``rank_fraction`` divides the rank by the most it could be, min(N - 1, dimension), so that blocks of
+    different widths (and a sample count below some block's dimension) compare on one scale.
+    """
+    network.eval()
+    rows, hidden = [], x.to(next(network.parameters()).device)
+    for index, stage in enumerate(network.stages):
+        hidden = stage(hidden)
+        dimension = hidden[0].numel()
+        rank = numerical_rank(hidden, rtol)
+        possible = max(1, min(len(x) - 1, dimension))
+        rows.append(dict(stage=index, rank=rank, dimension=dimension, rank_fraction=rank / possible))
+    return pd.DataFrame(rows)
