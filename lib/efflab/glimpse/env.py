@@ -1,0 +1,293 @@
+"""The glimpse game as a reinforcement-learning environment (gymnasium, and a batched stable-baselines3 form).
+
+One episode, after AdaGlimpse (arXiv 2404.03482, and the authors' ``architectures/rl_glimpse.py``):
+
+1. A cluttered canvas is drawn; nothing has been seen yet, and the task model's belief is its prior.
+2. For ``budget`` steps the agent picks an action ``a`` in ``[-1, 1]^3``; ``(a + 1) / 2 = (y, x, z)`` places a
+   glimpse (:class:`efflab.glimpse.sensor.Sensor`). The environment reads it, adds it to the memory and asks the
+   frozen task model for its new belief.
+3. The reward is the improvement of the task model's score, ``r_t = score_t - score_{t-1}`` (the paper's
+   default "diff" reward). The score is the log-probability of the true class: the paper scores classification
+   by ``-KL(teacher || model)``, which is exactly this when the teacher is the label. (Without a teacher the
+   paper's code uses the plain probability; the log gives larger rewards for lifting an unlikely truth.) The
+   rewards of an episode add up to ``score_T - score_0``: maximising the return maximises how sure the model
+   ends up of the truth.
+4. The episode ends after ``budget`` glimpses.
+
+The paper exposes ``[0, 1]^3`` actions; we expose ``[-1, 1]^3`` and map inside, because SAC squashes actions with
+tanh and stable-baselines3 asks for a symmetric, normalised box.
+
+**What the agent observes.** The paper's agent reads the encoder's tokens, their boxes, attention importances and
+raw patches. Ours reads a picture of what has been seen: the two-channel memory canvas (intensities painted where
+glimpses fell, and the resolution each pixel was seen at) average-pooled to ``observation_grid`` squared cells,
+and a one-hot of how many glimpses were taken. It does not read the task model's belief, so a trained policy keeps
+working when the task model is retrained. Like the paper's agent, it chooses the first glimpse from an empty
+memory: looking at the whole scene first is something it has to learn.
+
+Every episode of a batch advances in lock-step (all have the same budget), so :class:`Episodes` runs ``B`` of
+them with one sensor call and one task-model call per step. :class:`GlimpseEnv` is the one-episode gymnasium
+form, :class:`GlimpseVecEnv` the batched form that stable-baselines3 trains on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+from gymnasium import spaces
+from stable_baselines3.common.vec_env import VecEnv
+from torch import Tensor
+
+from efflab.data.canvas import Canvases
+from efflab.glimpse.sensor import Sensor
+from efflab.glimpse.task_model import GlimpseClassifier
+from efflab.validation import check_int, check_seed
+
+
+def check_budget(budget) -> None:
+    check_int("budget", budget, low=1, high=64)
+
+
+def where_from_actions(actions) -> Tensor:
+    """Map actions (B, 3) in [-1, 1] to glimpse coordinates (y, x, z) in [0, 1]; anything else is an error."""
+    actions = torch.as_tensor(np.asarray(actions, dtype=np.float64))
+    if actions.ndim != 2 or actions.shape[1] != 3:
+        raise ValueError(f"actions with shape {tuple(actions.shape)} are not allowed; expected (B, 3)")
+    if not torch.isfinite(actions).all() or (actions.abs() > 1).any():
+        raise ValueError(
+            f"actions are not allowed: got values in [{actions.min().item():.3g}, {actions.max().item():.3g}]; "
+            "expected every component in [-1, 1] (the action space)"
+        )
+    return (actions + 1) / 2
+
+
+def actions_from_where(where: Tensor) -> np.ndarray:
+    """The inverse of :func:`where_from_actions`, as float32 actions."""
+    return (2 * torch.as_tensor(where, dtype=torch.float64) - 1).clamp(-1, 1).numpy().astype(np.float32)
+
+
+class Episodes:
+    """``B`` glimpse episodes over ``canvases`` (B, 1, H, W) with ``labels`` (B,), advancing together.
+
+    ``positions`` (the digits' corners) are kept for scripted policies that cheat on purpose (the ideal baseline);
+    the agent never sees them.
+
+    State: ``readings`` (B, budget, G, G) and ``boxes`` (B, budget, 3) of the glimpses taken so far (the first
+    ``step`` entries are filled), the memory canvas (B, 2, H, W), the task model's belief (B, 10) and score (B,).
+    """
+
+    def __init__(
+        self,
+        canvases: Tensor,
+        labels: Tensor,
+        sensor: Sensor,
+        task_model: GlimpseClassifier,
+        budget: int,
+        *,
+        positions: Tensor | None = None,
+    ):
+        check_budget(budget)
+        self.canvases, self.labels, self.positions = canvases, labels, positions
+        self.sensor, self.task_model, self.budget = sensor, task_model, budget
+        n, size = len(canvases), sensor.glimpse_size
+        self.readings = torch.zeros(n, budget, size, size)
+        self.boxes = torch.zeros(n, budget, 3, dtype=torch.long)
+        self.memory = sensor.empty_memory(n)
+        self.step = 0
+        self.belief = self._belief()
+        self.score = self._score(self.belief)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def done(self) -> bool:
+        return self.step == self.budget
+
+    def _belief(self) -> Tensor:
+        device = next(self.task_model.parameters()).device
+        with torch.no_grad():
+            logits = self.task_model(
+                self.readings[:, : self.step].to(device), self.boxes[:, : self.step].to(device)
+            )
+        return logits[:, -1].softmax(-1).cpu()
+
+    def _score(self, belief: Tensor) -> Tensor:
+        """Log-probability of the true class, floored at log(1e-4) so one hopeless belief cannot dominate."""
+        return belief.gather(1, self.labels[:, None])[:, 0].clamp(min=1e-4).log()
+
+    def take(self, where: Tensor) -> Tensor:
+        """Take one glimpse per episode at coordinates ``where`` (B, 3) in [0, 1]; return the rewards (B,)."""
+        if self.done:
+            raise RuntimeError(f"the episodes are over: all {self.budget} glimpses were taken; start new ones")
+        boxes = self.sensor.boxes(where)
+        readings = self.sensor.read(self.canvases, boxes)
+        self.readings[:, self.step] = readings
+        self.boxes[:, self.step] = boxes
+        self.memory = self.sensor.paint(self.memory, readings, boxes)
+        self.step += 1
+        self.belief = self._belief()
+        score = self._score(self.belief)
+        reward, self.score = score - self.score, score
+        return reward
+
+    def observation(self, grid: int) -> np.ndarray:
+        """What the agent sees: the memory pooled to ``grid`` x ``grid`` (2 channels) and a one-hot step count."""
+        pooled = F.adaptive_avg_pool2d(self.memory, grid).flatten(1)
+        step = F.one_hot(torch.full((len(self),), self.step), self.budget + 1).float()
+        return torch.cat([pooled, step], dim=1).clamp(0, 1).numpy().astype(np.float32)
+
+
+def observation_space(grid: int, budget: int) -> spaces.Box:
+    return spaces.Box(0.0, 1.0, shape=(2 * grid * grid + budget + 1,), dtype=np.float32)
+
+
+def action_space() -> spaces.Box:
+    """A fresh ``[-1, 1]^3`` box for each environment (a shared one would share its sampling generator)."""
+    return spaces.Box(-1.0, 1.0, shape=(3,), dtype=np.float32)
+
+
+def _check_scenes(scenes: Canvases, sensor: Sensor) -> None:
+    if len(scenes) == 0 or scenes.x.shape[1:] != (1, sensor.canvas_size, sensor.canvas_size):
+        raise ValueError(
+            f"scenes with canvases of shape {tuple(scenes.x.shape)} are not allowed; expected (N >= 1, 1, "
+            f"{sensor.canvas_size}, {sensor.canvas_size}) to match the sensor"
+        )
+
+
+class GlimpseEnv(gym.Env):
+    """One glimpse episode at a time over a pool of ``scenes`` (a gymnasium environment).
+
+    ``reset(seed=..., options={"index": i})`` starts on scene ``i``; without an index the scene is drawn with the
+    environment's seeded generator. ``info`` carries the glimpse box, the belief and the score.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        scenes: Canvases,
+        sensor: Sensor,
+        task_model: GlimpseClassifier,
+        *,
+        budget: int = 3,
+        observation_grid: int = 8,
+    ):
+        check_budget(budget)
+        check_int("observation_grid", observation_grid, low=1, high=sensor.canvas_size)
+        _check_scenes(scenes, sensor)
+        self.scenes, self.sensor, self.task_model = scenes, sensor, task_model
+        self.budget, self.observation_grid = budget, observation_grid
+        self.observation_space = observation_space(observation_grid, budget)
+        self.action_space = action_space()
+        self.episodes: Episodes | None = None
+
+    def _info(self) -> dict:
+        episodes = self.episodes
+        box = episodes.boxes[0, episodes.step - 1].tolist() if episodes.step else None
+        return {"box": box, "belief": episodes.belief[0].numpy(), "score": float(episodes.score[0])}
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        index = (options or {}).get("index")
+        if index is None:
+            index = int(self.np_random.integers(len(self.scenes)))
+        check_int("index", index, low=0, high=len(self.scenes) - 1)
+        chosen = slice(index, index + 1)
+        self.episodes = Episodes(
+            self.scenes.x[chosen], self.scenes.y[chosen], self.sensor, self.task_model, self.budget
+        )
+        return self.episodes.observation(self.observation_grid)[0], self._info()
+
+    def step(self, action):
+        if self.episodes is None:
+            raise RuntimeError("call reset() before step()")
+        where = where_from_actions(np.asarray(action, dtype=np.float64).reshape(1, -1))
+        reward = float(self.episodes.take(where)[0])
+        observation = self.episodes.observation(self.observation_grid)[0]
+        return observation, reward, self.episodes.done, False, self._info()
+
+
+class GlimpseVecEnv(VecEnv):
+    """``n_envs`` glimpse episodes stepped as one batch, for stable-baselines3.
+
+    All episodes end together (fixed budget); they are then restarted on fresh scenes, and, as stable-baselines3
+    expects, each finished episode's last observation is passed in ``info["terminal_observation"]``.
+    """
+
+    def __init__(
+        self,
+        scenes: Canvases,
+        sensor: Sensor,
+        task_model: GlimpseClassifier,
+        *,
+        n_envs: int = 16,
+        budget: int = 3,
+        observation_grid: int = 8,
+        seed: int = 0,
+    ):
+        check_int("n_envs", n_envs, low=1)
+        check_budget(budget)
+        check_int("observation_grid", observation_grid, low=1, high=sensor.canvas_size)
+        check_seed(seed)
+        _check_scenes(scenes, sensor)
+        self.scenes, self.sensor, self.task_model = scenes, sensor, task_model
+        self.budget, self.observation_grid = budget, observation_grid
+        self.render_mode = None
+        self.generator = torch.Generator().manual_seed(seed)
+        self.episodes: Episodes | None = None
+        self._actions: np.ndarray | None = None
+        super().__init__(n_envs, observation_space(observation_grid, budget), action_space())
+
+    def _start(self) -> np.ndarray:
+        chosen = torch.randint(0, len(self.scenes), (self.num_envs,), generator=self.generator)
+        self.episodes = Episodes(
+            self.scenes.x[chosen], self.scenes.y[chosen], self.sensor, self.task_model, self.budget
+        )
+        return self.episodes.observation(self.observation_grid)
+
+    def reset(self) -> np.ndarray:
+        if self._seeds[0] is not None:
+            self.generator.manual_seed(self._seeds[0])
+        self._reset_seeds()
+        self._reset_options()
+        return self._start()
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = actions
+
+    def step_wait(self):
+        if self.episodes is None:
+            raise RuntimeError("call reset() before step()")
+        rewards = self.episodes.take(where_from_actions(self._actions)).numpy().astype(np.float32)
+        observations = self.episodes.observation(self.observation_grid)
+        dones = np.full(self.num_envs, self.episodes.done)
+        infos = [{} for _ in range(self.num_envs)]
+        if self.episodes.done:
+            for info, last in zip(infos, observations, strict=True):
+                info["terminal_observation"] = last
+                info["TimeLimit.truncated"] = False
+            observations = self._start()
+        return observations, rewards, dones, infos
+
+    def close(self) -> None:
+        self.episodes = None
+
+    def _indices(self, indices) -> Sequence[int]:
+        return list(self._get_indices(indices))
+
+    def get_attr(self, attr_name: str, indices=None) -> list:
+        return [getattr(self, attr_name) for _ in self._indices(indices)]
+
+    def set_attr(self, attr_name: str, value, indices=None) -> None:
+        setattr(self, attr_name, value)
+
+    def env_method(self, method_name: str, *method_args, indices=None, **method_kwargs) -> list:
+        method = getattr(self, method_name)
+        return [method(*method_args, **method_kwargs) for _ in self._indices(indices)]
+
+    def env_is_wrapped(self, wrapper_class, indices=None) -> list[bool]:
+        return [False for _ in self._indices(indices)]
