@@ -1,3 +1,5 @@
+import queue
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ from efflab.glimpse.features import KeypointExtractor
 from efflab.glimpse.scenes import SceneConfig, load_scenes
 from efflab.glimpse.sensor import Sensor
 from efflab.glimpse.task_model import GlimpseClassifier, TaskModelBudget, TaskModelConfig, freeze, train_task_model
+from efflab.runtime import torch_threads
 
 SENSOR = Sensor(canvas_size=24, glimpse_size=8)
 
@@ -57,7 +60,7 @@ def tiny_game():
 
 
 def test_a_short_sac_run_beats_random_glimpses_on_held_out_scenes():
-    with agents.one_cpu_thread():  # small batches: a second thread only adds hand-offs, on a busy machine many
+    with torch_threads(1):  # small batches: a second thread only adds hand-offs, on a busy machine many
         sensor, task_model, train, test = tiny_game()
     budget = agents.AgentBudget(
         steps=1600, n_envs=8, gradient_steps=4, batch_size=64, hidden=(64, 64), learning_starts=200, channels=8
@@ -127,3 +130,27 @@ def test_a_saved_agent_loads_back_and_refuses_another_game(tmp_path, scenes, tas
 def test_bad_agent_budgets_name_the_parameter(kwargs, parameter):
     with pytest.raises(ValueError, match=parameter):
         agents.AgentBudget(**{"steps": 2000, **kwargs})
+
+
+def test_progress_from_worker_processes_reaches_each_seeds_bar():
+    class Bar:
+        def __init__(self):
+            self.count, self.postfix = 0, {}
+
+        def update(self, n):
+            self.count += n
+
+        def set_postfix(self, **values):
+            self.postfix = values
+
+    relay = queue.Queue()
+    for seed in (3, 4):
+        worker_side = agents._RelayBar(relay, seed)
+        worker_side.update(32)
+        worker_side.update(32 * seed)
+        worker_side.set_postfix(mean_return=f"{seed}.0")
+    bars = {3: Bar(), 4: Bar()}
+    agents._drain(relay, bars, timeout=0)
+    assert (bars[3].count, bars[4].count) == (128, 160)
+    assert bars[4].postfix == {"mean_return": "4.0"} and relay.empty()
+    agents._drain(relay, bars, timeout=0.01)  # nothing waiting: returns without blocking for long

@@ -13,8 +13,8 @@ Two departures from the library's defaults, both about our tiny scale: the tempe
 critics each own their keypoint layer (sharing it, trained by the critic alone, learned far less here).
 
 SAC's networks are so small that every update is hundreds of tiny operations: the GPU would wait on Python and a
-second CPU thread only adds hand-offs. Agents therefore train on one CPU thread each, and several seeds can train
-side by side in separate processes (``AgentBudget.workers``), which is what full mode does on a many-core machine.
+second CPU thread only adds hand-offs. Agents therefore train on one CPU thread each, and the seeds train side by
+side in separate processes (``AgentBudget.workers``), one per core where there are enough.
 """
 
 from __future__ import annotations
@@ -22,17 +22,16 @@ from __future__ import annotations
 import io
 import json
 import multiprocessing
-import time
+import queue
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from stable_baselines3 import SAC
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger
 from tqdm.auto import tqdm
 
 from efflab.data.canvas import Canvases
@@ -41,7 +40,7 @@ from efflab.glimpse.features import KeypointExtractor
 from efflab.glimpse.sensor import Sensor
 from efflab.glimpse.task_model import GlimpseClassifier, freeze
 from efflab.results import check_name, provenance
-from efflab.runtime import Run
+from efflab.runtime import Run, Timer, torch_threads
 from efflab.train import progress_enabled
 from efflab.validation import check_int, check_positive
 
@@ -52,7 +51,7 @@ class AgentBudget:
 
     ``steps`` counts transitions (one glimpse of one episode); each batched step of ``n_envs`` episodes is
     followed by ``gradient_steps`` updates on ``batch_size`` transitions from the replay buffer. ``workers``
-    seeds train at the same time, each in its own process (1: one after the other, with live progress bars).
+    seeds train at the same time, each in its own process on one thread (1: one after the other, here).
     """
 
     steps: int
@@ -91,16 +90,16 @@ class AgentBudget:
 
     @classmethod
     def quick(cls) -> AgentBudget:
-        """About 45 s per seed on one core of a laptop CPU: 4,750 updates."""
-        return cls(steps=20_000)
+        """4,744 updates per seed, about a minute on one core; the three seeds train side by side (about
+        100 s in all on two cores, against 170 s one after another)."""
+        return cls(steps=20_000, workers=3)
 
     @classmethod
     def full(cls) -> AgentBudget:
-        """Five seeds side by side, each with 30,000 updates and wider networks."""
-        return cls(
-            steps=64_000, n_envs=32, gradient_steps=16, batch_size=256, hidden=(256, 256), channels=16,
-            seeds=5, workers=5,
-        )  # fmt: skip
+        """Five seeds side by side, each with twice the quick budget (9,744 updates, about two minutes on one
+        core). Networks twice as wide would cost twice as much per update (25 against 12 ms on one core), so
+        full mode spends its time on more updates instead."""
+        return cls(steps=40_000, seeds=5, workers=5)
 
     @classmethod
     def for_run(cls, run: Run) -> AgentBudget:
@@ -125,12 +124,14 @@ class TrainingLog:
 
 
 class _Progress(BaseCallback):
-    """A tqdm bar over transitions, and the mean return of finished episodes every ``every`` transitions."""
+    """Counts transitions on ``bar`` and logs the mean return of finished episodes every ``every`` transitions.
 
-    def __init__(self, total: int, log: TrainingLog, every: int, show: bool, description: str):
+    ``bar`` is a tqdm bar, or in a worker process a :class:`_RelayBar` that passes the counts to the parent.
+    """
+
+    def __init__(self, bar, log: TrainingLog, every: int):
         super().__init__()
-        self.bar = tqdm(total=total, desc=description, disable=not show)
-        self.log, self.every, self.returns, self.running = log, every, [], None
+        self.bar, self.log, self.every, self.returns, self.running = bar, log, every, [], None
 
     def _on_step(self) -> bool:
         rewards, dones = self.locals["rewards"], self.locals["dones"]
@@ -150,15 +151,20 @@ class _Progress(BaseCallback):
         self.bar.close()
 
 
-@contextmanager
-def one_cpu_thread():
-    """Run torch's CPU operations on one thread, then restore the previous setting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+class _RelayBar:
+    """The parts of a tqdm bar that :class:`_Progress` uses, sent over a queue to the bar in the parent."""
+
+    def __init__(self, relay, seed: int):
+        self.relay, self.seed = relay, seed
+
+    def update(self, n: int) -> None:
+        self.relay.put((self.seed, "update", n))
+
+    def set_postfix(self, **values) -> None:
+        self.relay.put((self.seed, "set_postfix", values))
+
+    def close(self) -> None:
+        pass  # the parent closes its bar when the worker's result arrives
 
 
 def train_agent(
@@ -171,8 +177,12 @@ def train_agent(
     observation_grid: int = 8,
     seed: int = 0,
     progress: bool | None = None,
+    bar=None,
 ) -> tuple[SAC, TrainingLog]:
-    """Train a fresh SAC agent for ``budget.steps`` transitions on ``scenes``; return it and its log."""
+    """Train a fresh SAC agent for ``budget.steps`` transitions on ``scenes``; return it and its log.
+
+    Progress goes to a new tqdm bar (shown unless ``progress`` or the environment turns it off), or to ``bar``.
+    """
     env = GlimpseVecEnv(
         scenes,
         sensor,
@@ -203,21 +213,31 @@ def train_agent(
         seed=seed,
         device="cpu",
     )
+    agent.set_logger(Logger(folder=None, output_formats=[]))  # the default makes an empty folder in /tmp per run
     log = TrainingLog(total_steps=budget.steps)
     every = max(budget.steps // 20, budget.n_envs * glimpses)
-    callback = _Progress(budget.steps, log, every, progress_enabled(progress), f"SAC seed {seed}")
-    with one_cpu_thread():
-        start = time.perf_counter()
+    if bar is None:
+        bar = tqdm(total=budget.steps, desc=f"SAC seed {seed}", disable=not progress_enabled(progress))
+    callback = _Progress(bar, log, every)
+    with torch_threads(1), Timer() as timer:
         agent.learn(budget.steps, callback=callback)
-        log.seconds = time.perf_counter() - start
+    log.seconds = timer.seconds
     return agent, log
+
+
+_relay = None  # in a worker process: the queue that carries progress to the parent
+
+
+def _open_relay(queue) -> None:
+    global _relay
+    _relay = queue
 
 
 def _train_in_worker(job: dict) -> tuple[bytes, TrainingLog]:
     """One seed in a worker process: rebuild the frozen task model, train, return the agent as zip bytes."""
     task_model = GlimpseClassifier(job.pop("task_config"))
     task_model.load_state_dict(job.pop("task_state"))
-    agent, log = train_agent(task_model=freeze(task_model), progress=False, **job)
+    agent, log = train_agent(task_model=freeze(task_model), bar=_RelayBar(_relay, job["seed"]), **job)
     buffer = io.BytesIO()
     agent.save(buffer)
     return buffer.getvalue(), log
@@ -236,8 +256,10 @@ def train_agents(
 ) -> list[tuple[SAC, TrainingLog]]:
     """One agent per seed: in this process one after another (``budget.workers == 1``), or in worker processes.
 
-    Workers are started with "spawn" (a fresh interpreter, safe next to torch's threads); each gets the scenes
-    and the task model's weights and sends back its agent as stable-baselines3 zip bytes.
+    Each agent trains on one thread, so on a machine with several cores seeds are trained side by side. Workers
+    are started with "spawn" (a fresh interpreter, safe next to torch's threads); each gets the scenes and the
+    task model's weights, reports its progress over a queue to a bar per seed here, and sends back its agent as
+    stable-baselines3 zip bytes. The same seed gives the same agent either way.
     """
     common = {"scenes": scenes, "sensor": sensor, "budget": budget, "glimpses": glimpses}
     common["observation_grid"] = observation_grid
@@ -246,10 +268,34 @@ def train_agents(
     state = {name: tensor.cpu() for name, tensor in task_model.state_dict().items()}
     jobs = [{**common, "seed": seed, "task_config": task_model.config, "task_state": state} for seed in seeds]
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(budget.workers, len(seeds)), mp_context=context) as pool:
-        done = list(tqdm(pool.map(_train_in_worker, jobs), total=len(jobs), desc="SAC seeds in parallel",
-                         disable=not progress_enabled(progress)))  # fmt: skip
-    return [(SAC.load(io.BytesIO(blob), device="cpu"), log) for blob, log in done]
+    relay = context.Queue()
+    show = progress_enabled(progress)
+    bars = {seed: tqdm(total=budget.steps, desc=f"SAC seed {seed}", disable=not show) for seed in seeds}
+    workers = min(budget.workers, len(seeds))
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_open_relay, initargs=(relay,)) as pool:
+        futures = [pool.submit(_train_in_worker, job) for job in jobs]
+        while not all(future.done() for future in futures):
+            _drain(relay, bars, timeout=0.25)
+        results = [future.result() for future in futures]  # raises here if a worker failed
+    _drain(relay, bars, timeout=0)
+    for bar in bars.values():
+        bar.close()
+    return [(SAC.load(io.BytesIO(blob), device="cpu"), log) for blob, log in results]
+
+
+def _drain(relay, bars: dict, *, timeout: float) -> None:
+    """Apply every progress message waiting in ``relay`` to its seed's bar (waiting up to ``timeout`` for one)."""
+    try:
+        message = relay.get(timeout=timeout) if timeout else relay.get_nowait()
+        while True:
+            seed, method, value = message
+            if method == "update":
+                bars[seed].update(value)
+            else:
+                bars[seed].set_postfix(**value)
+            message = relay.get_nowait()
+    except queue.Empty:
+        pass
 
 
 POLICY_SUFFIX = "_policy"

@@ -15,9 +15,10 @@ coarse, low-resolution look at much of the scene, a narrow one a sharp look at a
 whole image shrunk to ``G x G``; ``z = 0`` (side ``G``) is a crop at native resolution.
 
 The resize averages each output cell's area of the box (``F.interpolate(..., mode="area")``, i.e. adaptive
-average pooling). Boxes differ in size within a batch, so instead of one interpolate call per sample we read every
-cell's sum from a summed-area table (Crow 1984; the "integral image" of Viola and Jones 2001): four look-ups per
-cell, for the whole batch at once.
+average pooling). Boxes differ in size within a batch, so one interpolate call cannot serve them all; but area
+averaging is separable: a reading is ``R @ scene @ C.T``, where row ``i`` of the ``G x H`` matrix ``R`` averages
+the scene rows of cell ``i``'s bin (and is zero elsewhere), and ``C`` does the same for columns. Building ``R``
+and ``C`` for every box takes a few comparisons, and the whole batch is then two batched matrix products.
 
 The paper's encoder keeps each glimpse as tokens with their boxes. Our cheap analogue is a *memory canvas* with
 two channels at the scene's resolution: channel 0 holds what was read, each reading painted back over its box
@@ -117,28 +118,19 @@ class Sensor:
         )  # ceil division
         return first, past
 
+    def pooling_matrices(self, start: Tensor, side: Tensor) -> Tensor:
+        """Matrices (B, G, H) whose row ``i`` averages the scene pixels of reading cell ``i`` along one axis."""
+        first, past = self.cell_edges(start, side)
+        pixels = torch.arange(self.canvas_size)
+        in_cell = (pixels >= first[:, :, None]) & (pixels < past[:, :, None])
+        return in_cell.float() / (past - first)[:, :, None].float()
+
     def read(self, canvases: Tensor, boxes: Tensor) -> Tensor:
-        """The ``G x G`` readings (B, G, G) of ``canvases`` (B, 1, H, W) in ``boxes`` (B, 3), by area averaging.
-
-        A summed-area table ``I[r, c] = sum of pixels above and left of (r, c)`` gives the sum over any rectangle
-        from four corners: ``I[r1, c1] - I[r0, c1] - I[r1, c0] + I[r0, c0]``. It is accumulated in float64 so the
-        differences are exact to float32 precision.
-        """
-        scenes = canvases[:, 0].double()
-        n = len(scenes)
-        table = torch.zeros(n, self.canvas_size + 1, self.canvas_size + 1, dtype=torch.float64)
-        table[:, 1:, 1:] = scenes.cumsum(1).cumsum(2)
+        """The ``G x G`` readings (B, G, G) of ``canvases`` (B, 1, H, W) in ``boxes`` (B, 3), by area averaging:
+        ``rows @ scene @ columns.T`` with the :meth:`pooling_matrices` of each box."""
         top, left, side = boxes.unbind(1)
-        row0, row1 = self.cell_edges(top, side)
-        col0, col1 = self.cell_edges(left, side)
-        batch = torch.arange(n)[:, None, None]
-
-        def corner(rows: Tensor, cols: Tensor) -> Tensor:
-            return table[batch, rows[:, :, None], cols[:, None, :]]
-
-        sums = corner(row1, col1) - corner(row0, col1) - corner(row1, col0) + corner(row0, col0)
-        areas = (row1 - row0)[:, :, None] * (col1 - col0)[:, None, :]
-        return (sums / areas).float()
+        rows, columns = self.pooling_matrices(top, side), self.pooling_matrices(left, side)
+        return rows @ canvases[:, 0].float() @ columns.transpose(1, 2)
 
     def empty_memory(self, n: int) -> Tensor:
         """``n`` memories (n, 2, H, W) of nothing seen yet."""
