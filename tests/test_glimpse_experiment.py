@@ -82,3 +82,15 @@ def test_summaries_average_over_seeds_and_report_the_spread():
     assert experiment.accuracy_curves(logs)["agent"].shape == (2, 3)
     sides = experiment.sides_by_step(logs["agent"])
     assert sides.shape == (8, 2) and np.array_equal(sides.mean(axis=0), [24, 8])
+
+
+def test_the_scale_pattern_names_what_every_seed_does():
+    never = [False] * 4
+    coarse_then_zoom = [fake_log([never] * 3, [32, 8]), fake_log([never] * 3, [30, 12])]
+    wider_first = [fake_log([never] * 3, [32, 8]), fake_log([never] * 3, [18, 12])]
+    mixed = [fake_log([never] * 3, [32, 8]), fake_log([never] * 3, [12, 18])]
+    assert experiment.scale_pattern(coarse_then_zoom, 32) == "whole scene first"
+    assert experiment.scale_pattern(wider_first, 32) == "wider first"
+    assert experiment.scale_pattern(mixed, 32) == "no consistent pattern"
+    with pytest.raises(ValueError, match="whole"):
+        experiment.scale_pattern(mixed, 32, whole=1.5)

@@ -22,7 +22,7 @@ from efflab.glimpse.scenes import SceneConfig, load_scenes
 from efflab.glimpse.sensor import Sensor
 from efflab.glimpse.task_model import GlimpseClassifier, TaskModelBudget, cached_task_model
 from efflab.runtime import Run
-from efflab.validation import check_int
+from efflab.validation import check_fraction, check_int
 
 IDEAL_ACCURACY_GATE = 0.8  # below this the task model cannot read a well-placed glimpse: rewards would be noise
 
@@ -165,3 +165,20 @@ def summary_table(logs: dict[str, list[EpisodeLog]], *, step: int | None = None)
 def sides_by_step(logs: list[EpisodeLog]) -> np.ndarray:
     """Glimpse sides (N x seeds, T) pooled over the seeds' episodes."""
     return torch.cat([log.boxes[..., 2] for log in logs]).numpy()
+
+
+def scale_pattern(logs: list[EpisodeLog], canvas_size: int, *, whole: float = 0.9) -> str:
+    """In words, whether agents look coarse first and then zoom, from their logs (one per seed).
+
+    "whole scene first": every seed's first glimpse is, on average, at least ``whole`` of the canvas side and
+    wider than its last; "wider first": every first glimpse is wider than the last, but not that wide; otherwise
+    "no consistent pattern".
+    """
+    check_fraction("whole", whole)
+    first = np.array([log.mean_side()[0] for log in logs])
+    last = np.array([log.mean_side()[-1] for log in logs])
+    if (first > last).all() and (first >= whole * canvas_size).all():
+        return "whole scene first"
+    if (first > last).all():
+        return "wider first"
+    return "no consistent pattern"
