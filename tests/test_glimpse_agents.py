@@ -113,6 +113,21 @@ def test_a_saved_agent_loads_back_and_refuses_another_game(tmp_path, scenes, tas
     with pytest.raises(ValueError, match="glimpses"):
         agents.load_agent(tmp_path, "tiny", expected={**metadata, "glimpses": 3})
     assert agents.load_agent(tmp_path, "absent", expected=metadata) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny_policy.json", "tiny_policy.zip"]  # no temp files
+
+
+def test_a_damaged_saved_agent_is_refused_with_its_path(tmp_path, scenes, task_model):
+    agent, _ = agents.train_agent(
+        scenes, SENSOR, task_model, tiny_budget(), glimpses=2, observation_grid=6, progress=False
+    )
+    metadata = agents.metadata_for(SceneConfig(canvas_size=24), SENSOR, 2, 6)
+    path = agents.save_agent(agent, tmp_path, "tiny", metadata=metadata)
+    path.write_bytes(path.read_bytes()[:100])  # a truncated zip
+    with pytest.raises(ValueError, match="tiny_policy.zip cannot be loaded"):
+        agents.load_agent(tmp_path, "tiny", expected=metadata)
+    path.with_suffix(".json").write_text("{not json")
+    with pytest.raises(ValueError, match="metadata"):
+        agents.load_agent(tmp_path, "tiny", expected=metadata)
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,10 @@ def write_notebook(path, body):
 
 
 RECORDING = """
+from pathlib import Path
 from efflab import results
 results.record("tiny", {"mode": MODE}, results_dir=RESULTS_DIR)
+Path(RESULTS_DIR, "tiny_policy.zip").write_bytes(bytes(range(256)))
 """
 
 
@@ -57,7 +59,8 @@ def test_run_collects_records_failures_and_timeouts(folder, tmp_path):
     assert "| 01_records | ok |" in report and "boom" in report
 
     written = run_notebooks.commit_full_results([ok, failed], tmp_path / "results")
-    assert [p.name for p in written] == ["tiny.json"]
+    assert [p.name for p in written] == ["tiny.json", "tiny_policy.zip"]
+    assert written[1].read_bytes() == bytes(range(256))  # artifacts are copied unchanged
     entry = json.loads(written[0].read_text())
     assert entry["runner"]["notebook"] == "01_records" and entry["values"] == {"mode": "full"}
 

@@ -6,7 +6,8 @@ Each notebook runs through papermill in its own process, with the parameters MOD
 injected, a per-cell execution timeout and an outer time limit (a kernel can wait forever on a widget message,
 so neither limit is optional). The executed copies, every notebook's recorded results and a report (markdown and
 JSON) land in ``--out``. In full mode the records are also copied to ``data/results/<name>.json``, with the
-runner's own provenance, which is how GPU results become part of the course.
+runner's own provenance, and so is every other file a notebook left beside them (an artifact, such as a trained
+policy), which is how GPU results become part of the course.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from efflab.cache import REPO_ROOT
+from efflab.cache import REPO_ROOT, atomic_write
 from efflab.results import COMMITTED_RESULTS, provenance, write_json
 from efflab.validation import check_choice, check_positive
 
@@ -33,6 +34,7 @@ class NotebookRun:
     seconds: float
     records: dict = field(default_factory=dict)
     error: str = ""
+    artifacts: list[str] = field(default_factory=list)  # other files the notebook wrote beside its records
 
 
 def select_notebooks(only: str | None = None, folder: Path = NOTEBOOKS) -> list[Path]:
@@ -70,7 +72,8 @@ def run_notebook(notebook: Path, out: Path, *, mode: str, device: str, cell_time
         status, error = "timeout", f"stopped after the outer time limit of {time_limit} s"
     seconds = time.perf_counter() - start
     records = {path.stem: json.loads(path.read_text()) for path in sorted(results_dir.glob("*.json"))}
-    return NotebookRun(notebook.stem, status, round(seconds, 1), records, error)
+    artifacts = [str(path) for path in sorted(results_dir.iterdir()) if path.is_file() and path.suffix != ".json"]
+    return NotebookRun(notebook.stem, status, round(seconds, 1), records, error, artifacts)
 
 
 def markdown_report(runs: list[NotebookRun], mode: str, device: str) -> str:
@@ -89,7 +92,8 @@ def markdown_report(runs: list[NotebookRun], mode: str, device: str) -> str:
 
 
 def commit_full_results(runs: list[NotebookRun], destination: Path = COMMITTED_RESULTS) -> list[Path]:
-    """Copy each successful notebook's records to ``destination`` with the runner's provenance added."""
+    """Copy each successful notebook's records to ``destination`` with the runner's provenance added, and its
+    artifacts as they are; every file is written atomically."""
     written = []
     runner = provenance()
     for run in runs:
@@ -100,6 +104,10 @@ def commit_full_results(runs: list[NotebookRun], destination: Path = COMMITTED_R
             write_json(
                 {**entry, "runner": {**runner, "notebook": run.notebook, "notebook_seconds": run.seconds}}, path
             )
+            written.append(path)
+        for artifact in map(Path, run.artifacts):
+            path = destination / artifact.name
+            atomic_write(path, lambda handle, source=artifact: handle.write(source.read_bytes()))
             written.append(path)
     return written
 

@@ -23,6 +23,7 @@ import io
 import json
 import multiprocessing
 import queue
+import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,12 +35,13 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
 from tqdm.auto import tqdm
 
+from efflab.cache import atomic_write
 from efflab.data.canvas import Canvases
 from efflab.glimpse.env import GlimpseVecEnv
 from efflab.glimpse.features import KeypointExtractor
 from efflab.glimpse.sensor import Sensor
 from efflab.glimpse.task_model import GlimpseClassifier, freeze
-from efflab.results import check_name, provenance
+from efflab.results import check_name, provenance, write_json
 from efflab.runtime import Run, Timer, torch_threads
 from efflab.train import progress_enabled
 from efflab.validation import check_int, check_positive
@@ -302,18 +304,18 @@ POLICY_SUFFIX = "_policy"
 
 
 def save_agent(agent: SAC, directory, name: str, *, metadata: dict, run: Run | None = None) -> Path:
-    """Write ``<directory>/<name>_policy.zip`` (stable-baselines3's format) and a JSON of where it came from.
+    """Write ``<directory>/<name>_policy.zip`` (stable-baselines3's format) and a JSON of where it came from,
+    each atomically, so that an interrupted save never leaves a half-written policy.
 
     ``metadata`` names the game it was trained for (scenes, sensor, glimpses, observation grid), so that
     :func:`load_agent` can refuse a policy that would read observations of another shape or meaning.
     """
     check_name(name)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{name}{POLICY_SUFFIX}.zip"
-    agent.save(path)
-    info = {"metadata": metadata, "provenance": provenance(run)}
-    path.with_suffix(".json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    path = Path(directory) / f"{name}{POLICY_SUFFIX}.zip"
+    buffer = io.BytesIO()
+    agent.save(buffer)
+    atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
+    write_json({"metadata": metadata, "provenance": provenance(run)}, path.with_suffix(".json"))
     return path
 
 
@@ -321,18 +323,27 @@ def load_agent(directory, name: str, *, expected: dict) -> tuple[SAC, dict] | No
     """The saved agent and its JSON, or None when ``directory`` holds none.
 
     A saved agent whose metadata disagrees with ``expected`` on any key raises a ValueError: its policy was
-    trained for another game.
+    trained for another game. So does one whose files cannot be read.
     """
     check_name(name)
     path = Path(directory) / f"{name}{POLICY_SUFFIX}.zip"
     if not path.exists():
         return None
-    info = json.loads(path.with_suffix(".json").read_text())
-    saved = info["metadata"]
+    try:
+        info = json.loads(path.with_suffix(".json").read_text())
+        saved = info["metadata"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        message = f"the agent saved at {path} has no readable metadata JSON beside it ({error!r})"
+        raise ValueError(message) from error
     differing = {key: (saved.get(key), value) for key, value in expected.items() if saved.get(key) != value}
     if differing:
         raise ValueError(f"the agent saved at {path} was trained for another game: {differing} (saved, expected)")
-    return SAC.load(path, device="cpu"), info
+    try:
+        agent = SAC.load(path, device="cpu")
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        message = f"the agent saved at {path} cannot be loaded ({error!r}); delete or regenerate it"
+        raise ValueError(message) from error
+    return agent, info
 
 
 def metadata_for(scene_config, sensor: Sensor, glimpses: int, observation_grid: int) -> dict:
