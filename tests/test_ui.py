@@ -1,4 +1,5 @@
 import ipywidgets as widgets
+import nbformat
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -65,6 +66,19 @@ def test_explorer_redraws_when_a_control_changes():
     view.controls["regime"].value = "iterative"
     assert view.last == "iterative@0.9" and view.renders == 3
     assert isinstance(view.widget, widgets.VBox)
+    (shown,) = view.output.outputs  # the output area holds exactly the latest rendering
+    assert shown["output_type"] == "display_data" and shown["data"]["text/plain"] == "'iterative@0.9'"
+
+
+def test_explorer_shows_a_figure_as_its_plotly_bundle():
+    def draw(value):
+        return plots.comparison_bars({"a": value}, title="t", y_title="y")
+
+    view = explorer(draw, value=slider("v", [1]))
+    (shown,) = view.output.outputs
+    assert shown["data"]["application/vnd.plotly.v1+json"]["data"][0]["type"] == "bar"
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(outputs=[nbformat.from_dict(shown)])])
+    nbformat.validate(notebook)  # a well-formed notebook output, as the front end receives it
 
 
 def test_explorer_needs_controls_and_options():

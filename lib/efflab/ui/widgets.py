@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import ipywidgets as widgets
+from IPython.core.interactiveshell import InteractiveShell
 from IPython.display import display
 
 
@@ -35,18 +36,37 @@ class Explorer:
         return {name: control.value for name, control in self.controls.items()}
 
     def refresh(self) -> None:
-        """Render with the current values and show the result in the output area."""
+        """Render with the current values and show the result in the output area.
+
+        The result becomes the output area's whole state in one widget update, instead of being displayed
+        inside ``with self.output:``. That form asks the front end to capture the cell's own display messages
+        by message id, and headless executors (nbclient under papermill) were seen to stall for good on cells
+        that built an explorer that way.
+        """
         self.last = self.render(**self.values)
         self.renders += 1
-        with self.output:
-            self.output.clear_output(wait=True)
-            display(self.last)
+        self.output.outputs = (display_data(self.last),)
 
     def _on_change(self, _change) -> None:
         self.refresh()
 
     def _ipython_display_(self) -> None:
         display(self.widget)
+
+
+def display_data(value) -> dict:
+    """The ``display_data`` output a notebook cell would show for ``value``.
+
+    Objects that render themselves through ``_repr_mimebundle_`` (plotly figures) are asked for their bundle
+    directly: IPython's formatter would let a plotly figure display itself in the cell instead.
+    """
+    bundle = getattr(value, "_repr_mimebundle_", None)
+    if callable(bundle):
+        data = bundle()
+        data, metadata = data if isinstance(data, tuple) else (data, {})
+    else:
+        data, metadata = InteractiveShell.instance().display_formatter.format(value)
+    return {"output_type": "display_data", "data": data, "metadata": metadata}
 
 
 def slider(name: str, options: Sequence, *, value=None, description: str | None = None) -> widgets.SelectionSlider:
