@@ -1,10 +1,12 @@
 """Run the course's notebooks end to end and report what each one recorded.
 
     python -m efflab.run_notebooks [--mode quick|full] [--device auto|cpu|cuda] [--only 01,05] [--out DIR]
+                                   [--cell-timeout S] [--time-limit S] [--retries N]
 
 Each notebook runs through papermill in its own process, with the parameters MODE, DEVICE and RESULTS_DIR
 injected, a per-cell execution timeout and an outer time limit (a kernel can wait forever on a widget message,
-so neither limit is optional). The executed copies, every notebook's recorded results and a report (markdown and
+so neither limit is optional; a notebook stopped by either is run again, up to ``--retries`` times, since such a
+stall rarely repeats). The executed copies, every notebook's recorded results and a report (markdown and
 JSON) land in ``--out``. In full mode the records are also copied to ``data/results/<name>.json``, with the
 runner's own provenance, and so is every other file a notebook left beside them (an artifact, such as a trained
 policy), which is how GPU results become part of the course.
@@ -30,11 +32,12 @@ NOTEBOOKS = REPO_ROOT / "notebooks"
 @dataclass
 class NotebookRun:
     notebook: str
-    status: str  # "ok", "failed" or "timeout"
+    status: str  # "ok", "failed" or "timeout" (a cell ran past its timeout, or the notebook past its limit)
     seconds: float
     records: dict = field(default_factory=dict)
     error: str = ""
     artifacts: list[str] = field(default_factory=list)  # other files the notebook wrote beside its records
+    attempts: int = 1
 
 
 def select_notebooks(only: str | None = None, folder: Path = NOTEBOOKS) -> list[Path]:
@@ -68,6 +71,8 @@ def run_notebook(notebook: Path, out: Path, *, mode: str, device: str, cell_time
     try:
         done = subprocess.run(command, cwd=notebook.parent, capture_output=True, text=True, timeout=time_limit)
         status, error = ("ok", "") if done.returncode == 0 else ("failed", done.stderr[-3000:])
+        if status == "failed" and "CellTimeoutError" in done.stderr:
+            status = "timeout"
     except subprocess.TimeoutExpired:
         status, error = "timeout", f"stopped after the outer time limit of {time_limit} s"
     seconds = time.perf_counter() - start
@@ -76,15 +81,26 @@ def run_notebook(notebook: Path, out: Path, *, mode: str, device: str, cell_time
     return NotebookRun(notebook.stem, status, round(seconds, 1), records, error, artifacts)
 
 
+def run_with_retries(notebook: Path, out: Path, *, retries: int, **limits) -> NotebookRun:
+    """:func:`run_notebook`, run again (up to ``retries`` more times) while it ends in a timeout."""
+    for attempt in range(1, retries + 2):
+        run = run_notebook(notebook, out, **limits)
+        run.attempts = attempt
+        if run.status != "timeout":
+            break
+    return run
+
+
 def markdown_report(runs: list[NotebookRun], mode: str, device: str) -> str:
     lines = [
         f"# Notebook run ({mode} mode, device {device})",
         "",
-        "| notebook | status | seconds | recorded |",
-        "|---|---|---:|---|",
+        "| notebook | status | seconds | attempts | recorded |",
+        "|---|---|---:|---:|---|",
     ]
     for run in runs:
-        lines.append(f"| {run.notebook} | {run.status} | {run.seconds:.1f} | {', '.join(run.records) or '-'} |")
+        recorded = ", ".join(run.records) or "-"
+        lines.append(f"| {run.notebook} | {run.status} | {run.seconds:.1f} | {run.attempts} | {recorded} |")
     failures = [run for run in runs if run.status != "ok"]
     for run in failures:
         lines += ["", f"## {run.notebook}: {run.status}", "", "```", run.error.strip(), "```"]
@@ -120,26 +136,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(REPO_ROOT / "runs" / "latest"), help="folder for outputs")
     parser.add_argument("--cell-timeout", type=int, default=900, help="seconds one cell may run")
     parser.add_argument("--time-limit", type=int, default=1800, help="seconds one notebook may run")
+    parser.add_argument("--retries", type=int, default=1, help="runs again of a notebook that timed out")
     args = parser.parse_args(argv)
     check_choice("mode", args.mode, ("quick", "full"))
     check_choice("device", args.device, ("auto", "cpu", "cuda"))
     check_positive("cell_timeout", args.cell_timeout)
     check_positive("time_limit", args.time_limit)
+    check_positive("retries", args.retries, allow_zero=True)
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     runs = []
     for notebook in select_notebooks(args.only):
         print(f"running {notebook.name} ({args.mode}, {args.device}) ...", flush=True)
-        run = run_notebook(
+        run = run_with_retries(
             notebook,
             out,
+            retries=args.retries,
             mode=args.mode,
             device=args.device,
             cell_timeout=args.cell_timeout,
             time_limit=args.time_limit,
         )
-        print(f"  {run.status} in {run.seconds:.1f} s", flush=True)
+        print(f"  {run.status} in {run.seconds:.1f} s ({run.attempts} attempt(s))", flush=True)
         runs.append(run)
 
     report = markdown_report(runs, args.mode, args.device)

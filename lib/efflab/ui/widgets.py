@@ -39,9 +39,9 @@ class Explorer:
         """Render with the current values and show the result in the output area.
 
         The result becomes the output area's whole state in one widget update, instead of being displayed
-        inside ``with self.output:``. That form asks the front end to capture the cell's own display messages
-        by message id, and headless executors (nbclient under papermill) were seen to stall for good on cells
-        that built an explorer that way.
+        inside ``with self.output:``, which asks the front end to capture the cell's own display messages by
+        message id. Fewer, simpler messages: headless executors (nbclient under papermill) now and then stalled
+        on cells that built an explorer the capturing way.
         """
         self.last = self.render(**self.values)
         self.renders += 1
