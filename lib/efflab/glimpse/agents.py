@@ -230,9 +230,9 @@ def train_agent(
 _relay = None  # in a worker process: the queue that carries progress to the parent
 
 
-def _open_relay(queue) -> None:
+def _open_relay(relay) -> None:
     global _relay
-    _relay = queue
+    _relay = relay
 
 
 def _train_in_worker(job: dict) -> tuple[bytes, TrainingLog]:
