@@ -5,8 +5,10 @@ import pytest
 import torch
 from torch import nn
 
+from efflab import results
 from efflab.glimpse import agents, policies
 from efflab.glimpse.env import observation_space
+from efflab.glimpse.experiment import GlimpseExperiment
 from efflab.glimpse.features import KeypointExtractor
 from efflab.glimpse.scenes import SceneConfig, load_scenes
 from efflab.glimpse.sensor import Sensor
@@ -169,3 +171,13 @@ def test_progress_from_worker_processes_reaches_each_seeds_bar():
     assert (bars[3].count, bars[4].count) == (128, 160)
     assert bars[4].postfix == {"mean_return": "4.0"} and relay.empty()
     agents._drain(relay, bars, timeout=0.01)  # nothing waiting: returns without blocking for long
+
+
+def test_a_committed_full_mode_policy_plays_the_current_game():
+    setting = GlimpseExperiment.quick()
+    committed = agents.load_agent(results.COMMITTED_RESULTS, "10_adaglimpse", expected=setting.metadata())
+    if committed is None:
+        pytest.skip("no full-mode policy is committed under data/results/")
+    agent, info = committed  # load_agent has already refused a policy trained for another game
+    assert agent.observation_space == observation_space(setting.observation_grid, setting.glimpses)
+    assert info["provenance"]["mode"] == "full" and info["provenance"]["git_commit"]

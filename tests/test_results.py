@@ -50,3 +50,11 @@ def test_bad_names_are_refused(name, tmp_path):
 def test_values_that_are_not_json_are_refused(tmp_path):
     with pytest.raises(ValueError, match="object"):
         results.record("demo", {"x": object()}, results_dir=tmp_path)
+
+
+@pytest.mark.parametrize("path", sorted(results.COMMITTED_RESULTS.glob("*.json")), ids=lambda p: p.name)
+def test_committed_results_carry_their_provenance(path):
+    entry = json.loads(path.read_text())
+    assert entry["provenance"]["mode"] == "full"  # data/results/ holds full-mode runs only
+    for key in ("device", "torch", "git_commit", "date"):
+        assert entry["provenance"][key] and entry["runner"][key]  # written by run_notebooks, never by hand

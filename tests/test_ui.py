@@ -49,6 +49,8 @@ def test_paper_vs_run_table_fills_missing_cells():
     assert table.loc["accuracy", "full-mode run (GPU)"] == "n/a"
     with pytest.raises(ValueError, match="this_run"):
         plots.paper_vs_run([{"quantity": "accuracy", "paper": 0.9}])
+    on_cpu = plots.paper_vs_run([{"quantity": "a", "paper": 1, "this_run": 2, "full_run": 3}], full_run_on="cpu")
+    assert on_cpu.loc["a", "full-mode run (cpu)"] == 3
 
 
 def test_explorer_redraws_when_a_control_changes():

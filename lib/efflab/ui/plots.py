@@ -125,11 +125,12 @@ def comparison_bars(
     return style_figure(figure, title, "", y_title)
 
 
-def paper_vs_run(rows: Sequence[Mapping]) -> pd.DataFrame:
+def paper_vs_run(rows: Sequence[Mapping], *, full_run_on: str = "GPU") -> pd.DataFrame:
     """The table every notebook ends its results with: the paper's number beside ours.
 
     Each row is a mapping with ``quantity``, ``paper`` and ``this_run``, and optionally ``full_run`` (the committed
-    GPU result) and ``note`` (where the paper's number comes from, why ours may differ). Missing cells show "n/a".
+    full-mode result, made on ``full_run_on``) and ``note`` (where the paper's number comes from, why ours may
+    differ). Missing cells show "n/a".
     """
     columns = ["quantity", "paper", "this_run", "full_run", "note"]
     for row in rows:
@@ -139,7 +140,7 @@ def paper_vs_run(rows: Sequence[Mapping]) -> pd.DataFrame:
                 f"rows entry {dict(row)!r} lacks {sorted(missing)}; each row needs quantity, paper, this_run"
             )
     table = pd.DataFrame([{column: row.get(column) for column in columns} for row in rows], columns=columns)
-    table = table.rename(columns={"this_run": "this run", "full_run": "full-mode run (GPU)"})
+    table = table.rename(columns={"this_run": "this run", "full_run": f"full-mode run ({full_run_on})"})
     return table.fillna("n/a").set_index("quantity")
 
 
