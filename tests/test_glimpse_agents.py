@@ -12,21 +12,10 @@ from efflab.glimpse.experiment import GlimpseExperiment
 from efflab.glimpse.features import KeypointExtractor
 from efflab.glimpse.scenes import SceneConfig, load_scenes
 from efflab.glimpse.sensor import Sensor
-from efflab.glimpse.task_model import GlimpseClassifier, TaskModelBudget, TaskModelConfig, freeze, train_task_model
+from efflab.glimpse.task_model import TaskModelBudget, train_task_model
 from efflab.runtime import torch_threads
 
 SENSOR = Sensor(canvas_size=24, glimpse_size=8)
-
-
-@pytest.fixture(scope="module")
-def scenes():
-    return load_scenes("val", SceneConfig(canvas_size=24, layouts=1))
-
-
-@pytest.fixture(scope="module")
-def task_model():
-    torch.manual_seed(0)
-    return freeze(GlimpseClassifier(TaskModelConfig()))
 
 
 def test_keypoints_are_the_soft_arg_max_of_the_score_maps():

@@ -7,22 +7,9 @@ from gymnasium.utils.env_checker import check_env as gymnasium_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from efflab.glimpse.env import Episodes, GlimpseEnv, GlimpseVecEnv, actions_from_where, where_from_actions
-from efflab.glimpse.scenes import SceneConfig, load_scenes
 from efflab.glimpse.sensor import Sensor
-from efflab.glimpse.task_model import GlimpseClassifier, TaskModelConfig, freeze
 
 SENSOR = Sensor(canvas_size=24, glimpse_size=8)
-
-
-@pytest.fixture(scope="module")
-def scenes():
-    return load_scenes("val", SceneConfig(canvas_size=24, layouts=1))
-
-
-@pytest.fixture(scope="module")
-def task_model():
-    torch.manual_seed(0)  # untrained is enough: these tests check the game's bookkeeping, not its difficulty
-    return freeze(GlimpseClassifier(TaskModelConfig()))
 
 
 def make_env(scenes, task_model, budget=3):

@@ -1,12 +1,9 @@
 import numpy as np
 import plotly.graph_objects as go
 import pytest
-import torch
 
 from efflab.glimpse.policies import grid_policy, ideal_policy, play
-from efflab.glimpse.scenes import SceneConfig, load_scenes
 from efflab.glimpse.sensor import Sensor
-from efflab.glimpse.task_model import GlimpseClassifier, TaskModelConfig, freeze
 from efflab.ui import glimpse_plots
 from efflab.ui.widgets import dropdown, explorer, slider
 
@@ -14,12 +11,9 @@ SENSOR = Sensor(canvas_size=24, glimpse_size=8)
 
 
 @pytest.fixture(scope="module")
-def played():
-    scenes = load_scenes("val", SceneConfig(canvas_size=24, layouts=1))
-    torch.manual_seed(0)
-    model = freeze(GlimpseClassifier(TaskModelConfig()))
+def played(scenes, task_model):
     policies = {"grid": grid_policy(), "ideal": ideal_policy()}
-    return scenes, {name: play(policy, scenes, SENSOR, model, 2) for name, policy in policies.items()}
+    return scenes, {name: play(policy, scenes, SENSOR, task_model, 2) for name, policy in policies.items()}
 
 
 def test_the_scene_shows_one_numbered_rectangle_per_glimpse():

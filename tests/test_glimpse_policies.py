@@ -4,22 +4,9 @@ import torch
 
 from efflab.glimpse import policies
 from efflab.glimpse.env import Episodes, where_from_actions
-from efflab.glimpse.scenes import SceneConfig, load_scenes
 from efflab.glimpse.sensor import Sensor
-from efflab.glimpse.task_model import GlimpseClassifier, TaskModelConfig, freeze
 
 SENSOR = Sensor(canvas_size=24, glimpse_size=8)
-
-
-@pytest.fixture(scope="module")
-def scenes():
-    return load_scenes("val", SceneConfig(canvas_size=24, layouts=1))
-
-
-@pytest.fixture(scope="module")
-def task_model():
-    torch.manual_seed(0)
-    return freeze(GlimpseClassifier(TaskModelConfig()))
 
 
 def first_boxes(policy, scenes, task_model, steps=1):
