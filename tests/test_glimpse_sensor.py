@@ -23,6 +23,7 @@ def test_a_glimpse_of_the_whole_scene_is_the_downsampled_canvas():
     where[:, 2] = 1.0  # z = 1: the largest side; y and x must not matter then
     boxes = sensor.boxes(where)
     assert torch.equal(boxes, torch.tensor([[0, 0, 40]]).expand(6, 3))
+    assert torch.equal(sensor.whole_scene(6), boxes)
     expected = F.interpolate(canvases, 8, mode="area")[:, 0]
     assert torch.allclose(sensor.read(canvases, boxes), expected, atol=1e-6)
 

@@ -150,7 +150,10 @@ def action_space() -> spaces.Box:
     return spaces.Box(-1.0, 1.0, shape=(3,), dtype=np.float32)
 
 
-def _check_scenes(scenes: Canvases, sensor: Sensor) -> None:
+def _check_game(scenes: Canvases, sensor: Sensor, budget, observation_grid) -> None:
+    """The settings both environments share: a budget, an observation grid, and scenes that fit the sensor."""
+    check_budget(budget)
+    check_int("observation_grid", observation_grid, low=1, high=sensor.canvas_size)
     if len(scenes) == 0 or scenes.x.shape[1:] != (1, sensor.canvas_size, sensor.canvas_size):
         raise ValueError(
             f"scenes with canvases of shape {tuple(scenes.x.shape)} are not allowed; expected (N >= 1, 1, "
@@ -176,9 +179,7 @@ class GlimpseEnv(gym.Env):
         budget: int = 3,
         observation_grid: int = 8,
     ):
-        check_budget(budget)
-        check_int("observation_grid", observation_grid, low=1, high=sensor.canvas_size)
-        _check_scenes(scenes, sensor)
+        _check_game(scenes, sensor, budget, observation_grid)
         self.scenes, self.sensor, self.task_model = scenes, sensor, task_model
         self.budget, self.observation_grid = budget, observation_grid
         self.observation_space = observation_space(observation_grid, budget)
@@ -230,10 +231,8 @@ class GlimpseVecEnv(VecEnv):
         seed: int = 0,
     ):
         check_int("n_envs", n_envs, low=1)
-        check_budget(budget)
-        check_int("observation_grid", observation_grid, low=1, high=sensor.canvas_size)
         check_seed(seed)
-        _check_scenes(scenes, sensor)
+        _check_game(scenes, sensor, budget, observation_grid)
         self.scenes, self.sensor, self.task_model = scenes, sensor, task_model
         self.budget, self.observation_grid = budget, observation_grid
         self.render_mode = None

@@ -35,10 +35,6 @@ if TYPE_CHECKING:
 Policy = Callable[[Episodes], np.ndarray]
 
 
-def whole_scene(sensor: Sensor, n: int) -> Tensor:
-    return torch.tensor([0, 0, sensor.max_side]).expand(n, 3)
-
-
 def quadrants(sensor: Sensor) -> Tensor:
     """The four half-size boxes (4, 3) in reading order."""
     half = sensor.canvas_size // 2
@@ -84,7 +80,7 @@ def centre_first_policy() -> Policy:
 
 
 def coarse_view_policy() -> Policy:
-    return scripted(lambda ep: whole_scene(ep.sensor, len(ep)))
+    return scripted(lambda ep: ep.sensor.whole_scene(len(ep)))
 
 
 def ideal_policy() -> Policy:
@@ -94,7 +90,7 @@ def ideal_policy() -> Policy:
         if episodes.positions is None:
             raise ValueError("the ideal policy needs the digits' positions; build Episodes with positions=")
         if episodes.step == 0:
-            return whole_scene(episodes.sensor, len(episodes))
+            return episodes.sensor.whole_scene(len(episodes))
         return ideal_boxes(episodes.positions, episodes.sensor)
 
     return scripted(boxes)

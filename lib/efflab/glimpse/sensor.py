@@ -83,6 +83,11 @@ class Sensor:
         left = torch.floor(x * room).long().clamp(max=room)
         return torch.stack([top, left, side], dim=1)
 
+    def whole_scene(self, n: int) -> Tensor:
+        """``n`` copies (n, 3) of the largest box, at the top-left corner: with the default ``max_side``, the
+        whole scene."""
+        return torch.tensor([0, 0, self.max_side]).expand(n, 3)
+
     def where_for(self, boxes: Tensor) -> Tensor:
         """Coordinates (y, x, z) in [0, 1] that :meth:`boxes` maps back to exactly ``boxes`` (B, 3).
 

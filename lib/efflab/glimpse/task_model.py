@@ -146,7 +146,7 @@ def training_boxes(
     choice = torch.rand(n, generator=generator)[:, None]
     uniform = sensor.boxes(torch.rand(n, 3, generator=generator, dtype=torch.float64))
     near = digit_boxes(positions, sensor, generator, max_side=2 * DIGIT_SIZE)
-    whole = torch.tensor([0, 0, sensor.max_side]).expand(n, 3)
+    whole = sensor.whole_scene(n)
     return torch.where(
         choice < around_digit, near, torch.where(choice < around_digit + whole_scene, whole, uniform)
     )
