@@ -24,11 +24,12 @@ TORCH_USER_PINS = $(shell grep -iE '^(stable-baselines3|torch-pruning)==' requir
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet --quiet "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --quiet --no-deps -r requirements-nodeps.txt
 	$(BIN)/python -m pip install --quiet --quiet --no-deps -e .
 	touch $@
 

@@ -36,3 +36,15 @@ def test_environment_yml_matches_requirements():
 
 def test_torch_is_installed_first():
     assert next(iter(requirement_pins())) == "torch"
+
+
+def test_no_deps_pins_are_exact_and_not_repeated():
+    pins = {}
+    for line in (ROOT / "requirements-nodeps.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            assert re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][A-Za-z0-9.+]*", line), line
+            name, version = line.split("==")
+            pins[name.lower()] = version
+    assert pins, "requirements-nodeps.txt pins nothing"
+    assert not set(pins) & set(requirement_pins()), "a package is pinned in both requirements files"
