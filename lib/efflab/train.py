@@ -81,7 +81,9 @@ def cross_entropy(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
 
 def make_optimizer(model: nn.Module, config: TrainConfig, param_groups: list[dict] | None = None):
     """Build the optimiser. Each group may carry ``lr_scale`` (its learning rate is ``lr * lr_scale``) and a
-    ``name``; without groups every parameter gets the base rate."""
+    ``name``; without groups every parameter gets the base rate. A group with ``lr_schedule``, a function of the
+    0-based step returning that group's learning rate, follows its own schedule instead (``fit`` calls it
+    every step; relative schedules give each component its own peak and end)."""
     groups = param_groups if param_groups is not None else [{"params": list(model.parameters())}]
     prepared = []
     for group in groups:
@@ -133,7 +135,8 @@ def fit(
     for step in bar:
         factor = lr_factor(step, config)
         for group in optimizer.param_groups:
-            group["lr"] = config.lr * group["lr_scale"] * factor
+            schedule = group.get("lr_schedule")
+            group["lr"] = config.lr * group["lr_scale"] * factor if schedule is None else schedule(step)
         model.train()
         x, y = (t.to(device) for t in next_batch())
         loss = loss_fn(model, x, y)
