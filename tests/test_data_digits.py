@@ -4,14 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from efflab.data.digits import (
-    Split,
-    batches,
-    infinite_batches,
-    load_digit_images,
-    load_digits,
-    split_indices,
-)
+from efflab.data.digits import Split, batches, infinite_batches, load_digit_images, load_digits, split_indices
 
 N_IMAGES = 1797
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from efflab.early_exit import (
+from efflab.early_exit.exits import (
     EarlyExitNetwork,
     Phase,
     PooledHead,

@@ -4,15 +4,9 @@ import pytest
 import torch
 
 import efflab
-from efflab.early_exit import REGIMES, RegimeSchedule, choose_exits
-from efflab.early_exit_experiment import (
-    EarlyExitStudy,
-    example_indices,
-    load_study_data,
-    run_study,
-    with_changes,
-)
-from efflab.ui import early_exit_plots
+from efflab.early_exit import plots as early_exit_plots
+from efflab.early_exit.exits import REGIMES, RegimeSchedule, choose_exits
+from efflab.early_exit.experiment import EarlyExitStudy, example_indices, load_study_data, run_study, with_changes
 from efflab.ui.widgets import dropdown, explorer, slider
 
 

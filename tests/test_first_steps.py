@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import efflab
-from efflab.data.text import ByteCorpus
-from efflab.first_steps import UNIFORM_LOSS, ByteLMBudget, temperature_table, train_byte_lm, unigram_loss
+from efflab.data.text import ByteCorpus, unigram_loss
+from efflab.first_steps.experiment import UNIFORM_LOSS, ByteLMBudget, temperature_table, train_byte_lm
 from efflab.train import language_model_loss
 
 

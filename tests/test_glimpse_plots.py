@@ -2,9 +2,9 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 
+from efflab.glimpse import plots as glimpse_plots
 from efflab.glimpse.policies import grid_policy, ideal_policy, play
 from efflab.glimpse.sensor import Sensor
-from efflab.ui import glimpse_plots
 from efflab.ui.widgets import dropdown, explorer, slider
 
 SENSOR = Sensor(canvas_size=24, glimpse_size=8)

@@ -6,8 +6,8 @@ import torch
 
 import efflab
 from efflab.data.text import ByteCorpus
-from efflab.joint_moe_experiment import ExpertCountBudget, fit_joint_law, law_points, run_expert_count_experiment
-from efflab.moe_experiment import seed_spread, train_specs
+from efflab.joint_moe.experiment import ExpertCountBudget, fit_joint_law, law_points, run_expert_count_experiment
+from efflab.lm_grid import seed_spread, train_specs
 
 TINY = dataclasses.replace(
     ExpertCountBudget.quick(),

@@ -3,9 +3,9 @@ import math
 import numpy as np
 import pytest
 
-from efflab import joint_scaling_law as jl
-from efflab.joint_scaling_law import GB, JOINT, JOINT_FORM, optimal_config
-from efflab.scaling_laws import fit_law
+from efflab.joint_moe import law as jl
+from efflab.joint_moe.law import GB, JOINT, JOINT_FORM, optimal_config
+from efflab.law_fitting import fit_law
 
 # ------------------------------------------------------------------------------------- the published tables
 

@@ -6,16 +6,10 @@ import torch
 
 import efflab
 from efflab.data.text import ByteCorpus
+from efflab.fine_grained_moe.experiment import GranularityBudget, fit_laws, run_granularity_experiment
+from efflab.lm_grid import DENSE, law_parameters, seed_spread
 from efflab.models.gpt import GPTConfig, TinyLM, parameters_by_role
 from efflab.models.moe import moe_ffn
-from efflab.moe_experiment import (
-    DENSE,
-    GranularityBudget,
-    fit_laws,
-    law_parameters,
-    run_granularity_experiment,
-    seed_spread,
-)
 
 TINY = dataclasses.replace(
     GranularityBudget.quick(),

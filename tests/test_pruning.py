@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from efflab import pruning
-from efflab import pruning_experiment as experiment
 from efflab.data.digits import infinite_batches, load_digits
+from efflab.finetune import FinetuneBudget, finetune
 from efflab.models.cnn import CNN, CNNConfig
-from efflab.pruning import (
-    FinetuneBudget,
+from efflab.pruning import experiment
+from efflab.pruning import pruners as pruning
+from efflab.pruning.pruners import (
     Schedule,
     SparsityMismatch,
     StructuredPruner,
@@ -155,7 +155,7 @@ def test_negative_patience_and_unknown_criteria_raise(digits):
     with pytest.raises(ValueError, match="patience"):
         pruning.prune_and_finetune(model, digits, one_shot_schedule(0.5), patience=-1)
     with pytest.raises(ValueError, match="patience"):
-        pruning.finetune(model, digits.train, digits.val, FinetuneBudget(), patience=-2)
+        finetune(model, digits.train, digits.val, FinetuneBudget(), patience=-2)
     with pytest.raises(ValueError, match="criterion"):
         UnstructuredPruner(model, "taylor")
     with pytest.raises(ValueError, match="criterion"):
@@ -297,7 +297,7 @@ def test_finetuning_never_ends_worse_than_it_started_on_validation(trained, digi
     model = copy.deepcopy(trained)
     UnstructuredPruner(model).prune_to(0.9)
     before = pruning.run_evaluation(model, lambda m: pruning.classification_metrics(m, digits.val.x, digits.val.y))
-    phase = pruning.finetune(model, digits.train, digits.val, FinetuneBudget(lr=0.5), steps=9)  # a harmful lr
+    phase = finetune(model, digits.train, digits.val, FinetuneBudget(lr=0.5), steps=9)  # a harmful lr
     assert phase.val_accuracy >= before["val_accuracy"]
 
 

@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from efflab import scaling_laws as sl
-from efflab.scaling_laws import (
+from efflab.fine_grained_moe import law as sl
+from efflab.fine_grained_moe.law import (
     CHINCHILLA_FORM,
     FG_DENSE,
     FG_MOE,
@@ -13,8 +13,8 @@ from efflab.scaling_laws import (
     fg_compute_optimal,
     fg_shape,
     fg_training_flops,
-    fit_law,
 )
+from efflab.law_fitting import fit_law
 
 
 def d_model_for_active(active_params: float) -> float:

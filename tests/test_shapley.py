@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
-from efflab import shapley as sh
 from efflab.data.digits import infinite_batches, load_digits
 from efflab.models.cnn import CNN, CNNConfig
 from efflab.runtime import torch_threads
+from efflab.shapley import values as sh
 from efflab.train import TrainConfig, classification_metrics, fit
 
 

@@ -5,8 +5,7 @@ import efflab
 from efflab.data.digits import load_digits
 from efflab.models.cnn import CNN
 from efflab.runtime import torch_threads
-from efflab.shapley import channel_layers
-from efflab.shapley_experiment import (
+from efflab.shapley.experiment import (
     FAMILIES,
     NETWORK_METHODS,
     ShapleyStudy,
@@ -17,6 +16,7 @@ from efflab.shapley_experiment import (
     train_model,
     with_budget,
 )
+from efflab.shapley.values import channel_layers
 
 TINY = with_budget(
     ShapleyStudy.quick(),

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import efflab
-from efflab.shapley import marginals_by_size
-from efflab.shapley_experiment import ShapleyStudy, removal_curves, run_study, with_budget
-from efflab.ui import shapley_plots as sp
+from efflab.shapley import plots as sp
+from efflab.shapley.experiment import ShapleyStudy, removal_curves, run_study, with_budget
+from efflab.shapley.values import marginals_by_size
 
 TINY = with_budget(
     ShapleyStudy.quick(),

@@ -3,8 +3,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from efflab import joint_scaling_law as jl
-from efflab.ui import joint_moe_plots as jp
+from efflab.joint_moe import law as jl
+from efflab.joint_moe import plots as jp
 
 
 def star(figure: go.Figure) -> go.Scatter:

@@ -3,8 +3,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from efflab import scaling_laws as laws
-from efflab.ui import moe_plots
+from efflab.fine_grained_moe import law as laws
+from efflab.fine_grained_moe import plots as moe_plots
 from efflab.ui.widgets import explorer, slider
 
 

@@ -6,7 +6,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from efflab.ui import pruning_plots
+from efflab.pruning import plots as pruning_plots
 
 LAYERS = ("features.0.conv", "classifier.hidden", "classifier.out")
 

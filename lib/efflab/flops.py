@@ -162,3 +162,9 @@ def gpt_training_flops_per_token(config: GPTConfig) -> int:
     """
     n_non_embedding = gpt_parameter_count(config, include_embedding=False)
     return 6 * n_non_embedding + 6 * config.n_layer * config.block_size * config.d_model
+
+
+D_MODEL_PER_BLOCK = 64  # the paper's shape rule: d_model = 64 * n_blocks
+
+
+FLOPS_PER_ACTIVE_PARAMETER = 6  # c_f: 2 forward + 4 backward per parameter per token

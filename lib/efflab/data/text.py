@@ -167,3 +167,13 @@ def load_corpus(
             f"{len(train)} training and {len(val)} validation bytes; expected at least 2 in each"
         )
     return ByteCorpus(train=train, val=val)
+
+
+def unigram_loss(corpus: ByteCorpus) -> float:
+    """Cross-entropy (nats per byte) on the validation split of the byte frequencies of the training split.
+
+    Add-one smoothing keeps bytes unseen in training from costing infinity.
+    """
+    counts = torch.bincount(corpus.train.long(), minlength=256).double() + 1.0
+    log_probabilities = (counts / counts.sum()).log()
+    return float(-log_probabilities[corpus.val.long()].mean())

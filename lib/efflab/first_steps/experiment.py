@@ -94,16 +94,6 @@ def train_byte_lm(run: Run, corpus: ByteCorpus, budget: ByteLMBudget) -> tuple[T
     return model, history
 
 
-def unigram_loss(corpus: ByteCorpus) -> float:
-    """Cross-entropy (nats per byte) on the validation split of the byte frequencies of the training split.
-
-    Add-one smoothing keeps bytes unseen in training from costing infinity.
-    """
-    counts = torch.bincount(corpus.train.long(), minlength=256).double() + 1.0
-    log_probabilities = (counts / counts.sum()).log()
-    return float(-log_probabilities[corpus.val.long()].mean())
-
-
 @dataclass(frozen=True)
 class TemperatureTable:
     """Precomputed answers for the temperature slider: next-byte distributions and one sample per temperature."""

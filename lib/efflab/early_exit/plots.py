@@ -1,7 +1,7 @@
 """Figures for notebook 04 (early exits): cost-accuracy curves, exit histograms, galleries, ranks, timings.
 
 Like :mod:`efflab.ui.plots`, every factory takes plain data (arrays, tables, an
-:class:`~efflab.early_exit.ExitOutcome`) and returns a ``go.Figure``; nothing here trains or runs a network.
+:class:`~efflab.early_exit.exits.ExitOutcome`) and returns a ``go.Figure``; nothing here trains or runs a network.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from efflab.early_exit import ExitOutcome
+from efflab.early_exit.exits import ExitOutcome
 from efflab.ui.plots import PALETTE, TEMPLATE, band_plot
 
 

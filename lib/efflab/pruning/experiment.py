@@ -1,7 +1,7 @@
 """The experiment of notebook 01: every pruning regime, across ratios and seeds, from the same trained models.
 
 For each seed we split the data, train one dense CNN (the baseline), and then prune copies of it along every
-regime of :mod:`efflab.pruning` at every ratio of the grid, with the same fine-tuning budget. Seeds change both
+regime of :mod:`efflab.pruning.pruners` at each ratio of the grid, under one fine-tuning budget. Seeds change both
 the data split and the initialisation, so the spread between them is the honest noise of the whole pipeline.
 
 Budgets live here, beside the experiment, not in the notebook: :meth:`PruningSweep.quick` needs about a minute of
@@ -27,13 +27,13 @@ from tqdm.auto import tqdm
 
 from efflab.data.canvas import load_canvases
 from efflab.data.digits import Digits, Split, infinite_batches, load_digits
+from efflab.finetune import FinetuneBudget
 from efflab.flops import count_parameters, module_forward_flops
 from efflab.models.cnn import CNN, CNNConfig
-from efflab.pruning import (
+from efflab.pruning.pruners import (
     CRITERIA,
     GRANULARITIES,
     REGIMES,
-    FinetuneBudget,
     PruningRun,
     check_patience,
     check_ratio,
@@ -616,7 +616,7 @@ def structured_costs(result: SweepResult, *, batch_size: int | None = None, repe
     """Parameters, FLOPs and measured CPU latency of the structurally pruned models beside the dense one.
 
     Latency is the median over ``repeats`` interleaved forward passes of a batch of ``batch_size`` test images
-    (see :func:`efflab.pruning.compare_latency`), on the CPU, with the sweep's thread setting.
+    (see :func:`efflab.pruning.pruners.compare_latency`), on the CPU, with the sweep's thread setting.
     """
     sweep = result.sweep
     batch_size = batch_size or sweep.latency_batch

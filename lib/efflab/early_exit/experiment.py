@@ -1,7 +1,7 @@
 """The experiment of notebook 04: the three early-exit training regimes, side by side, over several seeds.
 
 For each seed we split the data, build one CNN with a pooled head after every block but the last, and train it
-along the three regimes of :mod:`efflab.early_exit` with the same step budget (disjoint and mixed share their
+along the three regimes of :mod:`efflab.early_exit.exits` with the same step budget (disjoint and mixed share their
 phase-1 backbone; joint starts from the same initial weights). Each trained network is then scored once on the
 test set, every exit on every sample, and everything the notebook shows is derived from those logits: the
 cost-accuracy curves, the paper's budget table, the exit histograms of the playground. The measurements that need
@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from efflab.data.canvas import load_canvases, make_canvases
 from efflab.data.digits import Digits, Split, infinite_batches, load_digit_images, load_digits, split_indices
-from efflab.early_exit import (
+from efflab.early_exit.exits import (
     BUDGET_FRACTIONS,
     REGIMES,
     EarlyExitNetwork,

@@ -1,7 +1,7 @@
 """The experiment of notebook 02: exact Shapley values of real channels, every estimator beside them, and pruning.
 
 For each seed we split the digits, train the course CNN, and for every layer in ``exact_layers`` evaluate all
-``2^n`` coalitions of its channels on the validation split (:func:`efflab.shapley.tabulate`). That table is the
+``2^n`` coalitions of its channels on the validation split (:func:`efflab.shapley.values.tabulate`). That table is
 ground truth: exact Shapley values, the oracle sets of every size, and a free replay of any estimator, which is
 charged exactly the coalitions it would have evaluated on the live network. Then:
 
@@ -27,11 +27,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from efflab.data.digits import Digits, Split, infinite_batches, load_digits
+from efflab.finetune import FinetuneBudget, finetune, scheduled_count
 from efflab.flops import count_parameters, module_forward_flops
 from efflab.models.cnn import CNN, CNNConfig
-from efflab.pruning import FinetuneBudget, finetune, scheduled_count
 from efflab.runtime import Run, Timer, seed_everything, torch_threads
-from efflab.shapley import (
+from efflab.shapley.values import (
     PAYOFFS,
     ChannelGame,
     CoalitionTable,

@@ -1,6 +1,6 @@
 """Figures of notebook 02 (Shapley pruning): plotly factories over precomputed study results.
 
-Every factory takes plain data (tensors, tables from :class:`efflab.shapley_experiment.StudyResult`) and returns a
+Every factory takes plain data (tensors, tables from :class:`efflab.shapley.experiment.StudyResult`) and returns a
 ``go.Figure``; none trains or evaluates a network, so the playground can redraw them on every slider move.
 Each estimator family keeps one colour in every figure.
 """

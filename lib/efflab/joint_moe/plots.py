@@ -1,7 +1,7 @@
 """Figures and the explorer of notebook 06: the joint MoE law under compute and memory budgets, and this run's
 expert-count experiment.
 
-Every law figure is closed-form arithmetic on the published coefficients (:mod:`efflab.joint_scaling_law`): a
+Every law figure is closed-form arithmetic on the published coefficients (:mod:`efflab.joint_moe.law`): a
 redraw of the whole explorer, heatmap included, takes a few tens of milliseconds. Nothing here trains.
 """
 
@@ -14,7 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from efflab.joint_scaling_law import (
+from efflab.joint_moe.law import (
     EXPERT_COUNTS,
     GB,
     JOINT,
@@ -230,7 +230,7 @@ def explorer_figure(
 
 
 def config_summary(configs, index: int) -> str:
-    """One line describing the ``index``-th configuration of an :class:`~efflab.joint_scaling_law.JointConfig`."""
+    """One line describing the ``index``-th configuration of an :class:`~efflab.joint_moe.law.JointConfig`."""
     if not configs.fits[index]:
         return f"E = {configs.experts[index]:g}: no model with this many experts fits the memory budget"
     active, tokens = configs.active_params[index], configs.tokens[index]

@@ -1,7 +1,7 @@
 """Figures of the MoE notebooks: granularity drawn, the fine-grained law's landscape, and router diagnostics.
 
 Like :mod:`efflab.ui.plots`, every factory takes plain numbers (or the law objects of
-:mod:`efflab.scaling_laws`, which are closed-form and cost microseconds) and returns a ``go.Figure``; nothing
+:mod:`efflab.fine_grained_moe.law`, closed-form, microseconds) and returns a ``go.Figure``; nothing
 here trains.
 """
 
@@ -14,7 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from efflab.scaling_laws import (
+from efflab.fine_grained_moe.law import (
     DEFAULT_GRANULARITIES,
     FG_MOE,
     FineGrainedLaw,

@@ -47,8 +47,8 @@ dense model that fills the same memory (Table 2).
 **Learning rate** (eq. 8): the paper fits the best peak learning rate, which falls with the model size and with
 the number of experts (:func:`peak_learning_rate`).
 
-**Fitting**: :func:`joint_form` is the law as a :class:`efflab.scaling_laws.LawForm`, for
-:func:`efflab.scaling_laws.fit_law` (Huber loss on log L, as the paper does), with E_start and E_max held fixed.
+**Fitting**: :func:`joint_form` is the law as a :class:`efflab.law_fitting.LawForm`, for
+:func:`efflab.law_fitting.fit_law` (Huber loss on log L, as the paper does), with E_start and E_max held fixed.
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from efflab.scaling_laws import D_MODEL_PER_BLOCK, FLOPS_PER_ACTIVE_PARAMETER, LawForm, softmax_terms
+from efflab.flops import D_MODEL_PER_BLOCK, FLOPS_PER_ACTIVE_PARAMETER
+from efflab.law_fitting import LawForm, softmax_terms
 from efflab.validation import check_int, check_positive
 
 # ------------------------------------------------------------------------------------------------- the law
@@ -597,7 +598,7 @@ _LOG_BOUNDS = (-12.0, 20.0)
 
 
 def joint_form(e_start: float = JOINT.e_start, e_max: float = JOINT.e_max) -> LawForm:
-    """The joint law as a :class:`~efflab.scaling_laws.LawForm` over features N (active parameters), D and E.
+    """The joint law as a :class:`~efflab.law_fitting.LawForm` over features N (active parameters), D and E.
 
     ``e_start`` and ``e_max`` stay fixed: a handful of expert counts cannot pin down the saturation of Ê. The
     fit runs in log space (a, b, c as logarithms), as the paper's appendix B describes.

@@ -1,7 +1,7 @@
 """The experiment of notebook 06: byte-level language models, dense and with a few expert counts, at the same
 active parameters, and the joint law's form fitted to their losses.
 
-The joint law (:mod:`efflab.joint_scaling_law`) was fitted on more than 280 GPU runs, 79M to 2.7B active
+The joint law (:mod:`efflab.joint_moe.law`) was fitted on more than 280 GPU runs, 79M to 2.7B active
 parameters, E from 1 to 32, up to 80B tokens. Here is the same experiment in miniature: TinyLMs of a few widths,
 each trained dense and as an MoE with E experts for E in a small grid. Every expert is as wide as the dense FFN
 (granularity 1) and each token goes to one of them, so at each width every model uses the same parameters per
@@ -19,7 +19,7 @@ Choices, and why:
 * **N is the active non-embedding count** (attention and one FFN per block). The paper counts embeddings, which
   is harmless with a 50k vocabulary and billion-parameter models; with 256 byte values and a few thousand
   parameters per block, the embedding and head would be a third of these tiny models and blur the size axis.
-* **Training** reuses notebook 05's runner (:func:`efflab.moe_experiment.train_specs`): a constant learning
+* **Training** reuses notebook 05's runner (:func:`efflab.lm_grid.train_specs`): a constant learning
   rate after a short warmup, so an intermediate evaluation stands in for a shorter run, and one CPU thread.
 """
 
@@ -30,11 +30,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from efflab.data.text import ByteCorpus
-from efflab.joint_scaling_law import JOINT, JointLaw, joint_form
+from efflab.joint_moe.law import JOINT, JointLaw, joint_form
+from efflab.law_fitting import LawFit, fit_law
+from efflab.lm_grid import DENSE, GridResults, RunSpec, constant_learning_rate, train_specs
 from efflab.models.gpt import GPTConfig
-from efflab.moe_experiment import DENSE, GridResults, RunSpec, constant_learning_rate, train_specs
 from efflab.runtime import Run
-from efflab.scaling_laws import LawFit, fit_law
 from efflab.train import TrainConfig
 from efflab.validation import check_int
 

@@ -1,6 +1,6 @@
 """Figures and the playground of notebook 01 (one-shot vs iterative pruning).
 
-Every function here takes the tables that :func:`efflab.pruning_experiment.run_sweep` returns (plain pandas
+Every function here takes the tables that :func:`efflab.pruning.experiment.run_sweep` returns (plain pandas
 frames) and draws them; nothing here prunes or trains. The playground's re-run button calls a function the
 notebook hands in, so the heavy work stays in the technique module and this module stays a viewer.
 
@@ -70,7 +70,7 @@ def accuracy_vs_ratio(
 ) -> go.Figure:
     """Test accuracy against pruning ratio, one band (min to max over seeds) and mean line per curve.
 
-    ``crossover`` (from :func:`efflab.pruning_experiment.crossover_summary`) shades the range of ratios where
+    ``crossover`` (from :func:`efflab.pruning.experiment.crossover_summary`) shades the range of ratios where
     the iterative curve overtook one-shot across seeds, or notes that it never did on this grid. ``highlight``
     (curve, ratio) puts a marker on one point, for the playground.
     """

@@ -1,7 +1,7 @@
 """Early exits: internal classifiers that let easy inputs leave a network before its last layer.
 
 Kubaty et al. (2024), "How to Train Your Multi-Exit Model? Analyzing the Impact of Training Strategies",
-arXiv 2407.14320. This module holds the method; :mod:`efflab.early_exit_experiment` runs the notebook's study.
+arXiv 2407.14320. This module holds the method; :mod:`efflab.early_exit.experiment` runs the notebook's study.
 
 **The model.** A backbone is a chain of stages f_1, ..., f_L (the conv blocks of the course CNN, or the
 transformer blocks of a ViT) followed by its own classifier g. An *early-exit* model attaches small internal

@@ -1,0 +1,202 @@
+"""Fitting a scaling law to measured losses: a robust loss on log L, several starts, hand-written gradients.
+
+Both MoE scaling notebooks fit a law of the Chinchilla family, ``L = c + sum_i a_i x_i^-alpha_i`` in some
+form, to a grid of small training runs, the way Hoffmann et al. (2022) fit theirs: minimise the Huber loss
+of ``log L_predicted - log L_measured`` with L-BFGS from many starting points and keep the best. A
+:class:`LawForm` describes one law (its parameters in fit space, where coefficients are logarithms; its
+features; ``log_loss`` with derivatives); :func:`fit_law` fits it and returns a :class:`LawFit`.
+:func:`softmax_terms` is the numerically stable log-sum of terms every form is built from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import optimize
+
+from efflab.validation import check_int, check_positive
+
+
+@dataclass(frozen=True)
+class LawForm:
+    """A law's functional form, for :func:`fit_law`.
+
+    ``log_loss(theta, features)`` returns the predicted log L at every run and its partial derivatives with
+    respect to each parameter (a dict of arrays), from the parameters in *fit space* (coefficients as
+    logarithms, named ``log_a`` ...) and the feature columns (NumPy arrays). The derivatives are written out by
+    hand: a fit evaluates the form thousands of times, and NumPy on a few hundred runs takes microseconds.
+    ``start_ranges`` are the fit-space intervals the starting points are drawn from, ``bounds`` what the
+    optimiser may explore, and ``to_law`` turns natural coefficients into a law object.
+    """
+
+    name: str
+    parameters: tuple[str, ...]
+    features: tuple[str, ...]
+    log_loss: Callable[[Mapping[str, float], Mapping[str, np.ndarray]], tuple[np.ndarray, dict[str, np.ndarray]]]
+    start_ranges: Mapping[str, tuple[float, float]]
+    bounds: Mapping[str, tuple[float, float]]
+    to_law: Callable[[Mapping[str, float]], object]
+
+    @staticmethod
+    def natural_name(parameter: str) -> str:
+        return parameter.removeprefix("log_")
+
+    def to_natural(self, theta: Mapping[str, float]) -> dict[str, float]:
+        return {
+            self.natural_name(name): math.exp(value) if name.startswith("log_") else value
+            for name, value in theta.items()
+        }
+
+    def to_fit_space(self, natural: Mapping[str, float]) -> dict[str, float]:
+        result = {}
+        for name, value in natural.items():
+            fit_name = next((p for p in self.parameters if self.natural_name(p) == name), None)
+            if fit_name is None:
+                raise ValueError(
+                    f"fixed contains {name!r}, which is not a parameter of the {self.name} law; expected one of "
+                    f"{tuple(self.natural_name(p) for p in self.parameters)}"
+                )
+            if fit_name.startswith("log_"):
+                check_positive(name, value)
+                value = math.log(value)
+            result[fit_name] = float(value)
+        return result
+
+
+def softmax_terms(*terms: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """log(sum_i exp(term_i)) and the weights exp(term_i - that), the derivative of the log-sum by each term."""
+    stacked = np.stack(np.broadcast_arrays(*terms))
+    top = stacked.max(axis=0)
+    total = top + np.log(np.exp(stacked - top).sum(axis=0))
+    return total, list(np.exp(stacked - total))
+
+
+@dataclass(frozen=True)
+class LawFit:
+    """The result of :func:`fit_law`: the coefficients, the law, and how well it fits."""
+
+    form: LawForm
+    coefficients: dict[str, float]
+    law: object
+    objective: float
+    rmse_log: float
+    n_points: int
+    n_starts: int
+    fixed: dict[str, float]
+
+    def predict(self, features: Mapping[str, Sequence[float]]) -> np.ndarray:
+        """The fitted law's loss at new feature values."""
+        theta = self.form.to_fit_space(self.coefficients)
+        return np.exp(self.form.log_loss(theta, _feature_columns(self.form, features))[0])
+
+
+def _feature_columns(form: LawForm, features: Mapping[str, Sequence[float]]) -> dict[str, np.ndarray]:
+    missing = set(form.features) - set(features)
+    if missing:
+        raise ValueError(f"features lacks {sorted(missing)}; the {form.name} law reads {form.features}")
+    columns = {name: np.atleast_1d(np.asarray(features[name], dtype=float)) for name in form.features}
+    lengths = {len(column) for column in columns.values()}
+    if len(lengths) != 1:
+        raise ValueError(f"features have different lengths {sorted(lengths)}; expected one value per run")
+    for name, column in columns.items():
+        if not np.all(column > 0):
+            raise ValueError(f"features[{name!r}] contains values <= 0; expected positive numbers")
+    return columns
+
+
+def huber(residual: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
+    """Huber's loss of each residual and its derivative: squared up to ``delta``, linear beyond, so a few bad
+    runs pull on the fit only linearly."""
+    absolute = np.abs(residual)
+    value = np.where(absolute <= delta, 0.5 * residual**2, delta * (absolute - 0.5 * delta))
+    return value, np.clip(residual, -delta, delta)
+
+
+def fit_law(
+    form: LawForm,
+    features: Mapping[str, Sequence[float]],
+    losses: Sequence[float],
+    *,
+    n_starts: int = 24,
+    seed: int = 0,
+    huber_delta: float = 1e-3,
+    fixed: Mapping[str, float] | None = None,
+) -> LawFit:
+    """Fit ``form`` to measured ``losses`` (one per run, > 0) at ``features`` (e.g. ``{"N": ..., "D": ...}``).
+
+    Minimises the mean Huber loss of log L with L-BFGS-B from ``n_starts`` starting points drawn uniformly
+    (seeded) from the form's start ranges; the best end point wins. ``fixed`` pins some coefficients in natural
+    units, e.g. ``{"c": 0.47}``, when the data cannot pin them (too few sizes, or a floor out of reach).
+    """
+    check_int("n_starts", n_starts, low=1)
+    check_positive("huber_delta", huber_delta)
+    columns = _feature_columns(form, features)
+    observed = np.atleast_1d(np.asarray(losses, dtype=float))
+    n_points = len(next(iter(columns.values())))
+    if observed.shape != (n_points,):
+        raise ValueError(f"losses has shape {observed.shape}; expected ({n_points},), one per run")
+    if not np.all(np.isfinite(observed) & (observed > 0)):
+        raise ValueError("losses contains values that are not finite and > 0; expected positive losses")
+    fixed_theta = form.to_fit_space(fixed or {})
+    free = [name for name in form.parameters if name not in fixed_theta]
+    if n_points < len(free):
+        raise ValueError(f"{n_points} runs cannot fit {len(free)} free coefficients; expected at least as many")
+    target = np.log(observed)
+    # Scaled so that a residual of one huber_delta costs about 1: L-BFGS's stopping tolerances are absolute,
+    # and the raw mean of tiny squared log-residuals would look converged at any starting point.
+    scale = 1.0 / (0.5 * huber_delta**2 * n_points)
+
+    def objective(vector: np.ndarray):
+        theta = {**fixed_theta, **dict(zip(free, vector, strict=True))}
+        prediction, gradient = form.log_loss(theta, columns)
+        value, slope = huber(prediction - target, huber_delta)
+        return scale * value.sum(), scale * np.array([slope @ gradient[name] for name in free])
+
+    generator = np.random.default_rng(seed)
+    bounds = [form.bounds[name] for name in free]
+    with _single_threaded_blas():
+        best = _best_of_starts(objective, free, form, bounds, n_starts, generator)
+    theta = {**fixed_theta, **dict(zip(free, (float(v) for v in best.x), strict=True))}
+    coefficients = form.to_natural({name: theta[name] for name in form.parameters})
+    residual = form.log_loss(theta, columns)[0] - target
+    return LawFit(
+        form=form,
+        coefficients=coefficients,
+        law=form.to_law(coefficients),
+        objective=float(best.fun),
+        rmse_log=float(np.sqrt(np.mean(residual**2))),
+        n_points=n_points,
+        n_starts=n_starts,
+        fixed=form.to_natural(fixed_theta),
+    )
+
+
+def _best_of_starts(objective, free, form, bounds, n_starts, generator):
+    best = None
+    for _ in range(n_starts):
+        start = np.array([generator.uniform(*form.start_ranges[name]) for name in free])
+        result = optimize.minimize(
+            objective,
+            start,
+            jac=True,
+            method="L-BFGS-B",
+            bounds=bounds,
+            options={"maxiter": 5000, "ftol": 1e-15, "gtol": 1e-10},
+        )
+        if np.isfinite(result.fun) and (best is None or result.fun < best.fun):
+            best = result
+    return best
+
+
+def _single_threaded_blas():
+    """L-BFGS-B's tiny linear algebra runs through BLAS; on a busy machine BLAS worker threads waiting for cores
+    make each iteration a thousand times slower than the arithmetic, so the fit uses one thread."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # threadpoolctl comes with scikit-learn; without it, run as is
+        return contextlib.nullcontext()
+    return threadpool_limits(1)
