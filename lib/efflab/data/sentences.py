@@ -47,7 +47,7 @@ SPLITS = ("train", "heldout")
 HELDOUT_ONE_IN = 5
 MIN_WORDS, MAX_WORDS = 6, 40
 MIN_CHARS, MAX_CHARS = 40, 240
-CACHE_FORMAT = 3  # bump when the way sentences are extracted changes, so old cache entries are not reused
+CACHE_FORMAT = 4  # bump when the way sentences are extracted changes, so old cache entries are not reused
 
 _ABBREVIATIONS = ("e.g.", "i.e.", "etc.", "vs.", "cf.", "Mr.", "Dr.", "No.")
 _SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"'’”]))\s+(?=[A-Z\"“])")
@@ -67,7 +67,7 @@ def paragraphs(text: str) -> list[str]:
 
 
 def split_sentences(paragraph: str) -> list[str]:
-    """Cut one paragraph into sentences (step 2), not after the abbreviations in ``_ABBREVIATIONS``."""
+    """Cut one paragraph into sentences (step 2), not after ``_ABBREVIATIONS``; runs of spaces become one."""
     pieces = _SENTENCE_END.split(paragraph)
     sentences: list[str] = []
     for piece in pieces:
@@ -75,7 +75,7 @@ def split_sentences(paragraph: str) -> list[str]:
             sentences[-1] += " " + piece
         else:
             sentences.append(piece)
-    return [s.strip() for s in sentences]
+    return [" ".join(s.split()) for s in sentences]
 
 
 def is_good_sentence(sentence: str) -> bool:
