@@ -181,13 +181,12 @@ def test_ffn_blocks_are_replaceable_and_hookable(tokenizer):
 
 def test_encode_is_differentiable(model, tokenizer):
     batch = tokenizer(SENTENCES[:2])
-    student = load_minilm()
-    loss = (encode(student, **batch) - encode(model, **batch).detach()).pow(2).sum() + encode(
-        student, **batch
-    ).sum()
-    loss.backward()
-    assert student.layers[0].ffn.up.weight.grad is not None
-    assert torch.isfinite(student.layers[0].ffn.up.weight.grad).all()
+    try:
+        encode(model, **batch).sum().backward()
+        grad = model.layers[0].ffn.up.weight.grad
+        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    finally:
+        model.zero_grad(set_to_none=True)
 
 
 def test_bad_inputs_raise_value_errors(model, tokenizer):
