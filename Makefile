@@ -17,7 +17,7 @@ LAB_ARGS ?=
 # Wheels for an offline GPU machine with its own Python 3.12 and torch (see README, "Full mode on a GPU").
 WHEEL_PLATFORM := --only-binary=:all: --implementation cp --python-version 3.12 --abi cp312 --abi abi3 --abi none \
 	--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 --platform any
-RUNNER_PINS = $(shell grep -iE '^(papermill|nbclient|nbformat|ipykernel|ipywidgets|anywidget|plotly|pandas|numpy|scipy|scikit-learn|gymnasium|tqdm)==' requirements.txt)
+RUNNER_PINS = $(shell grep -iE '^(papermill|nbclient|nbformat|ipykernel|ipywidgets|anywidget|plotly|pandas|numpy|scipy|scikit-learn|gymnasium|tqdm|safetensors|tokenizers)==' requirements.txt)
 TORCH_USER_PINS = $(shell grep -iE '^(stable-baselines3|torch-pruning)==' requirements.txt)
 
 .PHONY: setup lab test full bench clean-notebooks wheelhouse
@@ -56,4 +56,6 @@ wheelhouse: $(STAMP)
 	$(BIN)/python -m pip download --quiet --quiet --dest wheelhouse $(WHEEL_PLATFORM) $(RUNNER_PINS)
 	$(BIN)/python -m pip download --quiet --quiet --dest wheelhouse $(WHEEL_PLATFORM) --no-deps $(TORCH_USER_PINS) $(shell grep -iE '^cloudpickle' requirements.txt || echo cloudpickle)
 	printf '%s\n' $(RUNNER_PINS) $(TORCH_USER_PINS) > wheelhouse/requirements.txt
+	$(BIN)/python -m pip download --quiet --quiet --dest wheelhouse $(WHEEL_PLATFORM) --no-deps -r requirements-nodeps.txt
+	grep -E '^[A-Za-z0-9]' requirements-nodeps.txt > wheelhouse/requirements-nodeps.txt
 	@ls wheelhouse/*.whl | wc -l | xargs echo "wheels in wheelhouse/:"
