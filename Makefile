@@ -8,6 +8,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 # torch is installed on its own, first: anything that depends on it would otherwise pull a multi-GB CUDA build.
 TORCH_SPEC ?= $(shell grep -E '^torch==' requirements.txt)
 CELL_TIMEOUT ?= 600
@@ -36,7 +37,12 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/ $(LAB_ARGS)
 
-test: $(STAMP)
+# The test suite also needs the cluster extra (Ray), which `make lab` leaves out.
+$(TEST_STAMP): $(STAMP) requirements-cluster.txt
+	$(BIN)/python -m pip install --quiet --quiet -r requirements-cluster.txt
+	touch $@
+
+test: $(TEST_STAMP)
 	$(BIN)/ruff check lib tests benchmarks notebooks
 	$(BIN)/ruff format --check lib tests benchmarks
 	$(BIN)/python -m efflab.clean_notebooks --check notebooks/*.ipynb

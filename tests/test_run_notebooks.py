@@ -56,8 +56,10 @@ def test_run_collects_records_failures_and_timeouts(folder, tmp_path):
     assert hung.status == "timeout" and hung.attempts == 2  # a timed-out notebook is run once more
     assert run_notebooks.run_with_retries(folder / "02_fails.ipynb", out, retries=3, **options).attempts == 1
 
+    ok.unit_seconds = ok.seconds / 2  # as if the notebook took two CPU units
     report = run_notebooks.markdown_report([ok, failed, hung], "full", "cpu")
     assert "| 01_records | ok |" in report and "| 03_hangs | timeout |" in report and "boom" in report
+    assert f"| 2.0 (unit {ok.unit_seconds:.1f} s) |" in report and hung.units is None
 
     written = run_notebooks.commit_full_results([ok, failed], tmp_path / "results")
     assert [p.name for p in written] == ["tiny.json", "tiny_policy.zip"]

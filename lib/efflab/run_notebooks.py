@@ -1,7 +1,7 @@
 """Run the course's notebooks end to end and report what each one recorded.
 
     python -m efflab.run_notebooks [--mode quick|full] [--device auto|cpu|cuda] [--only 01,05] [--out DIR]
-                                   [--cell-timeout S] [--time-limit S] [--retries N]
+                                   [--cell-timeout S] [--time-limit S] [--retries N] [--no-units]
 
 Each notebook runs through papermill in its own process, with the parameters MODE, DEVICE and RESULTS_DIR
 injected, a per-cell execution timeout and an outer time limit (a kernel can wait forever on a widget message,
@@ -10,6 +10,9 @@ stall rarely repeats). The executed copies, every notebook's recorded results an
 JSON) land in ``--out``. In full mode the records are also copied to ``data/results/<name>.json``, with the
 runner's own provenance, and so is every other file a notebook left beside them (an artifact, such as a trained
 policy), which is how GPU results become part of the course.
+
+Right before each notebook the runner times one CPU unit (:func:`efflab.timing.cpu_unit_seconds`), so the report
+gives every notebook's time in seconds and in units, the measure the course's speed budgets are stated in.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 
 from efflab.cache import REPO_ROOT, atomic_write
 from efflab.results import COMMITTED_RESULTS, provenance, write_json
+from efflab.timing import cpu_unit_seconds
 from efflab.validation import check_choice, check_positive
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
@@ -38,6 +42,11 @@ class NotebookRun:
     error: str = ""
     artifacts: list[str] = field(default_factory=list)  # other files the notebook wrote beside its records
     attempts: int = 1
+    unit_seconds: float | None = None  # one CPU unit, timed right before the notebook
+
+    @property
+    def units(self) -> float | None:
+        return None if not self.unit_seconds else round(self.seconds / self.unit_seconds, 2)
 
 
 def select_notebooks(only: str | None = None, folder: Path = NOTEBOOKS) -> list[Path]:
@@ -95,12 +104,15 @@ def markdown_report(runs: list[NotebookRun], mode: str, device: str) -> str:
     lines = [
         f"# Notebook run ({mode} mode, device {device})",
         "",
-        "| notebook | status | seconds | attempts | recorded |",
-        "|---|---|---:|---:|---|",
+        "| notebook | status | seconds | CPU units | attempts | recorded |",
+        "|---|---|---:|---:|---:|---|",
     ]
     for run in runs:
         recorded = ", ".join(run.records) or "-"
-        lines.append(f"| {run.notebook} | {run.status} | {run.seconds:.1f} | {run.attempts} | {recorded} |")
+        units = "-" if run.units is None else f"{run.units:.1f} (unit {run.unit_seconds:.1f} s)"
+        lines.append(
+            f"| {run.notebook} | {run.status} | {run.seconds:.1f} | {units} | {run.attempts} | {recorded} |"
+        )
     failures = [run for run in runs if run.status != "ok"]
     for run in failures:
         lines += ["", f"## {run.notebook}: {run.status}", "", "```", run.error.strip(), "```"]
@@ -137,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cell-timeout", type=int, default=900, help="seconds one cell may run")
     parser.add_argument("--time-limit", type=int, default=1800, help="seconds one notebook may run")
     parser.add_argument("--retries", type=int, default=1, help="runs again of a notebook that timed out")
+    parser.add_argument("--no-units", action="store_true", help="do not time a CPU unit before each notebook")
     args = parser.parse_args(argv)
     check_choice("mode", args.mode, ("quick", "full"))
     check_choice("device", args.device, ("auto", "cpu", "cuda"))
@@ -148,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     runs = []
     for notebook in select_notebooks(args.only):
+        unit = None if args.no_units else cpu_unit_seconds()
         print(f"running {notebook.name} ({args.mode}, {args.device}) ...", flush=True)
         run = run_with_retries(
             notebook,
@@ -158,12 +172,15 @@ def main(argv: list[str] | None = None) -> int:
             cell_timeout=args.cell_timeout,
             time_limit=args.time_limit,
         )
-        print(f"  {run.status} in {run.seconds:.1f} s ({run.attempts} attempt(s))", flush=True)
+        run.unit_seconds = None if unit is None else round(unit, 2)
+        units = "" if run.units is None else f", {run.units:.1f} CPU units of {unit:.1f} s"
+        print(f"  {run.status} in {run.seconds:.1f} s{units} ({run.attempts} attempt(s))", flush=True)
         runs.append(run)
 
     report = markdown_report(runs, args.mode, args.device)
     (out / "report.md").write_text(report)
-    write_json({"mode": args.mode, "device": args.device, "runs": [asdict(r) for r in runs]}, out / "report.json")
+    runs_json = [{**asdict(r), "units": r.units} for r in runs]
+    write_json({"mode": args.mode, "device": args.device, "runs": runs_json}, out / "report.json")
     if args.mode == "full":
         for path in commit_full_results(runs):
             print(f"wrote {path.relative_to(REPO_ROOT)}")
