@@ -125,15 +125,21 @@ def fit_law(
     seed: int = 0,
     huber_delta: float = 1e-3,
     fixed: Mapping[str, float] | None = None,
+    starts: Sequence[Mapping[str, float]] = (),
+    tolerance: float = 1e-15,
 ) -> LawFit:
     """Fit ``form`` to measured ``losses`` (one per run, > 0) at ``features`` (e.g. ``{"N": ..., "D": ...}``).
 
     Minimises the mean Huber loss of log L with L-BFGS-B from ``n_starts`` starting points drawn uniformly
     (seeded) from the form's start ranges; the best end point wins. ``fixed`` pins some coefficients in natural
     units, e.g. ``{"c": 0.47}``, when the data cannot pin them (too few sizes, or a floor out of reach).
+    ``starts`` are extra starting points in natural units (a previous fit's coefficients: a bootstrap refit
+    starts from the full fit), tried before the random ones; ``tolerance`` is L-BFGS's relative stopping
+    tolerance on the objective.
     """
-    check_int("n_starts", n_starts, low=1)
+    check_int("n_starts", n_starts, low=0 if starts else 1)
     check_positive("huber_delta", huber_delta)
+    check_positive("tolerance", tolerance)
     columns = _feature_columns(form, features)
     observed = np.atleast_1d(np.asarray(losses, dtype=float))
     n_points = len(next(iter(columns.values())))
@@ -158,8 +164,12 @@ def fit_law(
 
     generator = np.random.default_rng(seed)
     bounds = [form.bounds[name] for name in free]
+    given = []
+    for start in starts:
+        theta = form.to_fit_space({k: v for k, v in start.items() if form.natural_name(k) in _natural(form)})
+        given.append(np.clip([theta[name] for name in free], *np.array(bounds).T))
     with _single_threaded_blas():
-        best = _best_of_starts(objective, free, form, bounds, n_starts, generator)
+        best = _best_of_starts(objective, free, form, bounds, n_starts, generator, given, tolerance)
     theta = {**fixed_theta, **dict(zip(free, (float(v) for v in best.x), strict=True))}
     coefficients = form.to_natural({name: theta[name] for name in form.parameters})
     residual = form.log_loss(theta, columns)[0] - target
@@ -175,17 +185,21 @@ def fit_law(
     )
 
 
-def _best_of_starts(objective, free, form, bounds, n_starts, generator):
+def _natural(form: LawForm) -> set[str]:
+    return {form.natural_name(p) for p in form.parameters}
+
+
+def _best_of_starts(objective, free, form, bounds, n_starts, generator, given=(), tolerance=1e-15):
     best = None
-    for _ in range(n_starts):
-        start = np.array([generator.uniform(*form.start_ranges[name]) for name in free])
+    randoms = (np.array([generator.uniform(*form.start_ranges[name]) for name in free]) for _ in range(n_starts))
+    for start in (*given, *randoms):
         result = optimize.minimize(
             objective,
             start,
             jac=True,
             method="L-BFGS-B",
             bounds=bounds,
-            options={"maxiter": 5000, "ftol": 1e-15, "gtol": 1e-10},
+            options={"maxiter": 5000, "ftol": tolerance, "gtol": 1e-10},
         )
         if np.isfinite(result.fun) and (best is None or result.fun < best.fun):
             best = result
@@ -200,3 +214,111 @@ def _single_threaded_blas():
     except ImportError:  # threadpoolctl comes with scikit-learn; without it, run as is
         return contextlib.nullcontext()
     return threadpool_limits(1)
+
+
+# ------------------------------------------------------------------------------------- how sure is a fit
+
+
+def at_bounds(fit: LawFit, *, margin: float = 1e-3) -> list[str]:
+    """The coefficients (natural names) that the optimiser left on an edge of the form's bounds (within
+    ``margin`` of the bound's width): there the data did not pin them, the box did. Fixed ones are not listed."""
+    theta = fit.form.to_fit_space({k: v for k, v in fit.coefficients.items() if k not in fit.fixed})
+    flagged = []
+    for name, value in theta.items():
+        low, high = fit.form.bounds[name]
+        if min(value - low, high - value) <= margin * (high - low):
+            flagged.append(fit.form.natural_name(name))
+    return flagged
+
+
+@dataclass(frozen=True)
+class FitUncertainty:
+    """A fit and its bootstrap: every coefficient's refits over resampled groups of points.
+
+    ``samples[name]`` holds one value per resample; :meth:`interval` is a central percentile interval.
+    ``flagged`` names the coefficients the full fit left at a bound.
+    """
+
+    fit: LawFit
+    samples: dict[str, np.ndarray]
+    n_groups: int
+    flagged: tuple[str, ...]
+
+    def interval(self, name: str, level: float = 0.9) -> tuple[float, float]:
+        values = self.samples[name]
+        tail = 50.0 * (1.0 - level)
+        return float(np.percentile(values, tail)), float(np.percentile(values, 100.0 - tail))
+
+    @property
+    def degenerate(self) -> bool:
+        """True when the full fit left a coefficient at a bound (the box, not the data, set it)."""
+        return bool(self.flagged)
+
+    def describe(self, name: str, digits: int = 3) -> str:
+        """``0.12 [0.05, 0.31]`` (the 90 % bootstrap interval), with "at a bound" where the fit sits on one."""
+        low, high = self.interval(name)
+        flag = " (at a bound)" if name in self.flagged else ""
+        return f"{self.fit.coefficients[name]:.{digits}g} [{low:.{digits}g}, {high:.{digits}g}]{flag}"
+
+
+def bootstrap_fit(
+    form: LawForm,
+    features: Mapping[str, Sequence[float]],
+    losses: Sequence[float],
+    groups: Sequence,
+    *,
+    resamples: int = 20,
+    n_starts: int = 8,
+    seed: int = 0,
+    fixed: Mapping[str, float] | None = None,
+) -> FitUncertainty:
+    """Fit ``form`` (``n_starts`` random starts), then refit it ``resamples`` times to groups drawn with
+    replacement: ``groups`` names each point's group (its run), since points of one run share its noise. Each
+    refit starts from the full fit and one random point, with a looser tolerance (it only needs to land in the
+    same basin). The spread of the refits is the uncertainty the grid leaves in each coefficient."""
+    check_int("resamples", resamples, low=2)
+    columns = {name: np.asarray(features[name], dtype=float) for name in form.features}
+    observed = np.asarray(losses, dtype=float)
+    labels = np.asarray(list(groups))
+    if labels.shape != observed.shape:
+        raise ValueError(f"groups has shape {labels.shape}; expected {observed.shape}, one group per point")
+    full = fit_law(form, columns, observed, n_starts=n_starts, seed=seed, fixed=fixed)
+    unique = np.unique(labels)
+    members = [np.flatnonzero(labels == value) for value in unique]
+    generator = np.random.default_rng(seed + 1)
+    samples: dict[str, list[float]] = {name: [] for name in full.coefficients}
+    for round_ in range(resamples):
+        chosen = np.concatenate([members[i] for i in generator.integers(0, len(unique), len(unique))])
+        try:
+            refit = fit_law(
+                form,
+                {name: column[chosen] for name, column in columns.items()},
+                observed[chosen],
+                n_starts=1,
+                seed=seed + 2 + round_,
+                fixed=fixed,
+                starts=[full.coefficients],
+                tolerance=1e-10,
+            )
+        except ValueError:  # a resample with fewer points than free coefficients
+            continue
+        for name, value in refit.coefficients.items():
+            samples[name].append(value)
+    arrays = {name: np.asarray(values) for name, values in samples.items()}
+    if min(len(values) for values in arrays.values()) < 2:
+        raise ValueError(f"only {min(map(len, arrays.values()))} of {resamples} resamples could be fitted")
+    return FitUncertainty(full, arrays, len(unique), tuple(at_bounds(full)))
+
+
+def compare_with_paper(low: float, high: float, paper: float, *, factor: float = 3.0) -> str:
+    """How an interval [low, high] stands against the paper's value: ``"undetermined"`` (it spans zero),
+    ``"opposite sign"``, ``"same sign and order"`` (it overlaps [paper / factor, paper * factor]) or
+    ``"same sign, different size"``."""
+    if low <= 0.0 <= high:
+        return "undetermined"
+    if (low > 0) != (paper > 0):
+        return "opposite sign"
+    small, large = sorted((abs(low), abs(high)))
+    if large >= abs(paper) / factor and small <= abs(paper) * factor:
+        return "same sign and order"
+    return "same sign, different size"
