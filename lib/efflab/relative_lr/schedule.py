@@ -179,8 +179,9 @@ class RelativeSchedule:
 
 
 def _as_entries(multipliers: Mapping[str, tuple[float, float]]) -> tuple[tuple[str, float, float], ...]:
+    """Canonical entries: groups in ``GROUPS`` order, those at exactly 1, 1 left out (they are the default)."""
     checked = check_multipliers(multipliers)
-    return tuple((group, *checked[group]) for group in GROUPS if group in checked)
+    return tuple((group, *checked[group]) for group in GROUPS if checked.get(group, (1.0, 1.0)) != (1.0, 1.0))
 
 
 def relative_schedule(

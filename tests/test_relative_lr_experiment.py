@@ -1,0 +1,159 @@
+"""The experiment end to end at a toy size, its summary, table and findings, the speed-up, the playground."""
+
+import json
+import os
+
+import pandas as pd
+import pytest
+
+import efflab
+from efflab.relative_lr import plots
+from efflab.relative_lr.experiment import (
+    RelativeLRBudget,
+    findings,
+    multiplier_table,
+    paper_rows,
+    run_experiment,
+)
+from efflab.relative_lr.measures import speedup_percent, steps_to_reach
+
+TINY = dict(
+    d_model=8,
+    n_layer=1,
+    n_head=2,
+    block_size=16,
+    batch_size=4,
+    n_experts=2,
+    steps=12,
+    warmup_steps=2,
+    eval_every=4,
+    eval_batches=1,
+    track_every=3,
+    seeds=2,
+    lr_grid=(4e-3, 1e-2),
+    search_steps=6,
+    search_evaluations=5,
+    corpus_bytes=20_000,
+)
+
+
+@pytest.fixture(scope="module")
+def result():
+    previous = os.environ.get("EFFLAB_EXECUTOR")
+    os.environ["EFFLAB_EXECUTOR"] = "inline"
+    try:
+        run = efflab.setup("quick", "cpu", 0, verbose=False)
+        yield run_experiment(run, RelativeLRBudget(**TINY))
+    finally:
+        if previous is None:
+            os.environ.pop("EFFLAB_EXECUTOR")
+        else:
+            os.environ["EFFLAB_EXECUTOR"] = previous
+
+
+def test_steps_to_reach_interpolates_between_evaluations():
+    assert steps_to_reach([10, 20, 30], [3.0, 2.0, 1.0], 1.5) == pytest.approx(25.0)
+    assert steps_to_reach([10, 20, 30], [3.0, 2.0, 1.0], 3.5) == 10.0
+    assert steps_to_reach([10, 20, 30], [3.0, 2.0, 1.0], 0.5) is None
+
+
+def test_speedup_is_signed_and_zero_for_the_same_curve():
+    steps, uniform = [25, 50, 75, 100], [3.0, 2.5, 2.2, 2.0]
+    faster = [2.8, 2.2, 2.0, 1.9]  # reaches 2.0 at step 75
+    assert speedup_percent(steps, faster, uniform, 100) == pytest.approx(25.0)
+    assert speedup_percent(steps, uniform, faster, 100) == pytest.approx(-25.0)
+    assert speedup_percent(steps, uniform, uniform, 100) == 0.0
+
+
+def test_budget_checks_its_fields():
+    with pytest.raises(ValueError, match="warmup_steps"):
+        RelativeLRBudget(steps=10, warmup_steps=10)
+    with pytest.raises(ValueError, match="lr_grid"):
+        RelativeLRBudget(lr_grid=(1e-3, float("nan")))
+    with pytest.raises(ValueError, match="ablation"):
+        RelativeLRBudget(ablation=("transformer",))
+    full = RelativeLRBudget.full()
+    assert full.transfer_steps > 0 and RelativeLRBudget.quick().transfer_steps == 0
+
+
+def test_the_full_budget_transfers_to_a_model_at_least_ten_times_larger():
+    from efflab.relative_lr.experiment import build_model, non_embedding_parameters
+
+    budget = RelativeLRBudget.full()
+    import torch
+
+    with torch.device("meta"):
+        for arch in ("dense", "moe"):
+            small = build_model(arch, budget.d_model, budget.n_layer, budget.n_head, budget.n_experts)
+            big = build_model(
+                arch, budget.transfer_d_model, budget.transfer_n_layer, budget.transfer_n_head, budget.n_experts
+            )
+            assert non_embedding_parameters(big) >= 10 * non_embedding_parameters(small)
+
+
+def test_the_experiment_runs_and_summarises(result):
+    summary = result.summary()
+    json.dumps(summary)
+    for arch in ("dense", "moe"):
+        values = summary["architectures"][arch]
+        assert values["base_lr"] in TINY["lr_grid"]
+        assert len(values["speedup"]["paper"]) == len(values["speedup"]["found"]) == TINY["seeds"]
+        assert values["search"]["evaluations"] <= TINY["search_evaluations"]
+        assert values["search"]["best_loss"] <= values["search"]["start_loss"]
+        # The first seed's uniform run is the sweep's run at the chosen rate: trained once, the same numbers.
+        assert values["final_loss"]["uniform"][0] == values["lr_sweep"][f"{values['base_lr']:g}"]
+    assert set(summary["architectures"]["moe"]["ablation"]) == {"embedding", "router", "experts", "head"}
+    assert summary["architectures"]["dense"]["ablation"] == {}
+    updates = result.runs[("moe", "uniform", result.seeds[0])]["updates"]
+    assert updates["steps"] == [0, 3, 6, 9]
+    assert all(size > 0 for sizes in updates["sizes"].values() for size in sizes)
+
+
+def test_table_and_findings_come_from_the_summary(result):
+    summary = result.summary()
+    table = paper_rows(summary, None)
+    assert isinstance(table, pd.DataFrame) and "paper" in table.columns
+    assert table.loc["speed-up over uniform, MoE, paper's preset", "this run"].endswith("%")
+    text = findings(summary)
+    assert "MoE, the paper's preset" in text and "Search (dense)" in text
+    assert len(multiplier_table(summary)) == 4 + 5
+
+
+def test_figures_build(result):
+    summary = result.summary()
+    for figure in (
+        plots.lr_curves(result, "moe"),
+        plots.sweep_figure(result),
+        plots.loss_curves(result, "dense"),
+        plots.speedup_bars(summary),
+        plots.update_sizes(result, "moe"),
+        plots.ablation_bars(summary, "moe"),
+        plots.search_trace(result),
+    ):
+        assert len(figure.data) > 0
+    assert plots.transfer_bars(summary) is None
+
+
+def test_playground_presets_sliders_and_button(result):
+    playground = plots.playground(result)
+    controls = playground.controls
+    assert controls["architecture"].value == "moe" and controls["preset"].value == "paper"
+    assert controls["embedding_start"].value == pytest.approx(5.0)
+    assert "paper preset" in playground.status.value
+    renders = playground.renders
+    controls["preset"].value = "uniform"
+    assert controls["embedding_start"].value == pytest.approx(1.0)
+    assert playground.renders == renders + 1  # the sliders moved without a render each
+    controls["head_end"].value = 0.5
+    assert "custom settings" in playground.status.value
+    before = playground.last[0].data[-1].y[-1]
+    controls["head_start"].value = 3.0
+    assert playground.last[0].data[-1].y[-1] != before  # the head's curve moved
+    controls["router_start"].value = 2.0
+    controls["architecture"].value = "dense"
+    controls["router_start"].value = 2.0
+    assert "router" in playground.status.value and "no effect" in playground.status.value
+    playground.run_action()
+    assert playground.actions_run == 1
+    assert "speed-up" in playground.status.value
+    assert any(trace.name == "your run" for trace in playground.last[1].data)
