@@ -26,12 +26,14 @@ the task runs in (on Ray only the overall bar is shown).
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import os
 import queue
 import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 
 from tqdm.auto import tqdm
 
@@ -152,30 +154,66 @@ def _call_in_worker(job):
 
 
 def _run_processes(function, tasks, bar, show, pool_size) -> list:
-    # fork is unsafe once torch has started its thread pools and spawn re-imports everything per worker; a fork
-    # server that has imported torch once starts each worker in a fraction of a second.
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "efflab.parallel"])
-    relay = context.Queue() if show else None
+    pool, relay = _pool(pool_size)
     bars: dict = {}
     results: list = [None] * len(tasks)
+    pending: dict = {}
     try:
-        with ProcessPoolExecutor(
-            pool_size, mp_context=context, initializer=_open_relay, initargs=(relay,)
-        ) as pool:
-            pending = {pool.submit(_call_in_worker, (function, task)): i for i, task in enumerate(tasks)}
-            while pending:
-                done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                _drain(relay, bars)
-                for future in done:
-                    index = pending.pop(future)
-                    results[index] = _unwrap(index, tasks[index], future.result())
-                    bar.update()
+        pending = {pool.submit(_call_in_worker, (function, task)): i for i, task in enumerate(tasks)}
+        while pending:
+            done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            _drain(relay, bars, show)
+            for future in done:
+                index = pending.pop(future)
+                try:
+                    outcome = future.result()
+                except BrokenProcessPool as error:  # a worker died (killed, out of memory): start afresh next time
+                    _close_pool()
+                    raise TaskFailed(index, tasks[index], f"its worker process died ({error})") from error
+                results[index] = _unwrap(index, tasks[index], outcome)
+                bar.update()
+    except BaseException:
+        for future in pending:
+            future.cancel()
+        raise
     finally:
-        _drain(relay, bars)
+        _drain(relay, bars, show)
         for task_bar in bars.values():
             task_bar.close()
     return results
+
+
+_open_pool: tuple | None = None  # (size, pool, relay): kept between calls, so only the first call pays start-up
+
+
+def _pool(size: int):
+    """The local pool with ``size`` workers, started on first use and reused by later calls.
+
+    Workers come from a fork server that has imported torch once: forking a process that already runs torch's
+    thread pools is unsafe, and spawning re-imports everything in every worker. Kept between calls, the workers
+    also keep what they loaded (a cached corpus, an imported paper package), so a notebook that runs several
+    grids pays the start-up once.
+    """
+    global _open_pool
+    if _open_pool is not None and _open_pool[0] != size:
+        _close_pool()
+    if _open_pool is None:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["torch", "efflab.parallel"])
+        relay = context.Queue()
+        pool = ProcessPoolExecutor(size, mp_context=context, initializer=_open_relay, initargs=(relay,))
+        _open_pool = (size, pool, relay)
+    return _open_pool[1], _open_pool[2]
+
+
+def _close_pool() -> None:
+    global _open_pool
+    if _open_pool is not None:
+        _open_pool[1].shutdown(wait=False, cancel_futures=True)
+        _open_pool = None
+
+
+atexit.register(_close_pool)
 
 
 def _run_ray(function, tasks, bar, gpu_share) -> list:
@@ -240,14 +278,15 @@ def _apply(message, bars: dict) -> None:
             bars.pop(index).close()
 
 
-def _drain(relay, bars: dict) -> None:
-    if relay is None:
-        return
+def _drain(relay, bars: dict, show: bool) -> None:
+    """Apply every progress message waiting in ``relay`` (or drop them, when bars are off)."""
     while True:
         try:
-            _apply(relay.get_nowait(), bars)
+            message = relay.get_nowait()
         except queue.Empty:
             return
+        if show:
+            _apply(message, bars)
 
 
 class TaskProgress:
