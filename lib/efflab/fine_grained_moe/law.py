@@ -81,22 +81,44 @@ class FineGrainedLaw:
 
 
 FG_MOE = FineGrainedLaw(
-    a=18.1, alpha=0.115, b=30.8, beta=0.147, g=2.1, gamma=0.58, c=0.47,
+    a=18.1,
+    alpha=0.115,
+    b=30.8,
+    beta=0.147,
+    g=2.1,
+    gamma=0.58,
+    c=0.47,
     source="arXiv 2402.07871, Table 1 (MoE, E = 64)",
-)  # fmt: skip
+)
 FG_DENSE = FineGrainedLaw(
     a=16.3, alpha=0.126, b=26.7, beta=0.127, c=0.47, source="arXiv 2402.07871, Table 1 (dense)"
 )
 FG_MOE_HOLDOUT = FineGrainedLaw(
-    a=17.6, alpha=0.114, b=26.7, beta=0.140, g=2.07, gamma=0.570, c=0.472,
+    a=17.6,
+    alpha=0.114,
+    b=26.7,
+    beta=0.140,
+    g=2.07,
+    gamma=0.570,
+    c=0.472,
     source="arXiv 2402.07871, Table 5 (fit without the 20% lowest-loss runs)",
-)  # fmt: skip
+)
 FG_MOE_E16 = FineGrainedLaw(
-    a=19.64, alpha=0.124, b=57.07, beta=0.169, g=1.18, gamma=0.986, c=0.472,
+    a=19.64,
+    alpha=0.124,
+    b=57.07,
+    beta=0.169,
+    g=1.18,
+    gamma=0.986,
+    c=0.472,
     source="arXiv 2402.07871, Table 8 (E = 16)",
-)  # fmt: skip
-FG_LAWS = {"MoE, E=64 (Table 1)": FG_MOE, "MoE, hold-out fit (Table 5)": FG_MOE_HOLDOUT,
-           "MoE, E=16 (Table 8)": FG_MOE_E16, "dense (Table 1)": FG_DENSE}  # fmt: skip
+)
+FG_LAWS = {
+    "MoE, E=64 (Table 1)": FG_MOE,
+    "MoE, hold-out fit (Table 5)": FG_MOE_HOLDOUT,
+    "MoE, E=16 (Table 8)": FG_MOE_E16,
+    "dense (Table 1)": FG_DENSE,
+}
 
 # ---------------------------------------------------------------------------------------- shapes and FLOPs
 
@@ -242,29 +264,6 @@ def fg_compute_optimal(
     return min(candidates, key=lambda config: config.loss)
 
 
-def fg_continuous_optimal(
-    flops: float,
-    *,
-    law: FineGrainedLaw = FG_MOE,
-    expansion: int = 64,
-    router_flops_factor: float = ROUTER_FLOPS_FACTOR,
-    granularity_range: tuple[float, float] = (1.0, 1024.0),
-) -> OptimalConfig:
-    """The optimum with G free to take any real value (the paper reports only powers of two)."""
-
-    def best_loss(log_g):
-        return fg_optimal_for_granularity(
-            flops, math.exp(log_g), law=law, expansion=expansion, router_flops_factor=router_flops_factor
-        ).loss
-
-    result = optimize.minimize_scalar(
-        best_loss, bounds=tuple(math.log(v) for v in granularity_range), method="bounded"
-    )
-    return fg_optimal_for_granularity(
-        flops, math.exp(result.x), law=law, expansion=expansion, router_flops_factor=router_flops_factor
-    )
-
-
 def dense_compute_optimal(flops: float, *, law: FineGrainedLaw = FG_DENSE) -> OptimalConfig:
     """The compute-optimal dense model of the same family (E = 1, no router): F = 6 N D."""
     return fg_optimal_for_granularity(flops, 1.0, law=law, expansion=1, router_flops_factor=0.0)
@@ -370,7 +369,7 @@ FINE_GRAINED_FORM = LawForm(
         "log_g": (-2.0, 4.0),
         "gamma": (0.1, 1.5),
         "log_c": (-2.0, 1.0),
-    },  # fmt: skip
+    },
     bounds={
         "log_a": _LOG_BOUNDS,
         "alpha": _EXPONENT_BOUNDS,
@@ -379,7 +378,7 @@ FINE_GRAINED_FORM = LawForm(
         "log_g": _LOG_BOUNDS,
         "gamma": _EXPONENT_BOUNDS,
         "log_c": (-12.0, 3.0),
-    },  # fmt: skip
+    },
     to_law=lambda p: FineGrainedLaw(**p, source="fit"),
 )
 
@@ -394,13 +393,13 @@ CHINCHILLA_FORM = LawForm(
         "log_b": (0.0, 6.0),
         "beta": (0.05, 0.6),
         "log_c": (-2.0, 1.0),
-    },  # fmt: skip
+    },
     bounds={
         "log_a": _LOG_BOUNDS,
         "alpha": _EXPONENT_BOUNDS,
         "log_b": _LOG_BOUNDS,
         "beta": _EXPONENT_BOUNDS,
         "log_c": (-12.0, 3.0),
-    },  # fmt: skip
+    },
     to_law=lambda p: FineGrainedLaw(**p, source="fit"),
 )

@@ -16,9 +16,9 @@ from plotly.subplots import make_subplots
 
 from efflab.fine_grained_moe.law import (
     DEFAULT_GRANULARITIES,
+    FG_LAWS,
     FG_MOE,
     FineGrainedLaw,
-    OptimalConfig,
     dense_compute_optimal,
     fg_optimal_for_granularity,
     fg_shape,
@@ -26,6 +26,8 @@ from efflab.fine_grained_moe.law import (
     router_flops_share,
 )
 from efflab.ui.plots import PALETTE, TEMPLATE, style_figure
+from efflab.ui.widgets import Playground, dropdown, slider
+from efflab.ui.widgets import playground as widgets_playground
 from efflab.validation import check_int
 
 GREY = "#d9d9d9"
@@ -74,77 +76,6 @@ def granularity_diagram(expansion: int = 4, granularities: Sequence[int] = (1, 2
 def _spread_choice(n_experts: int, k: int) -> np.ndarray:
     """A fixed, scattered choice of k of n experts, to draw what one token might use."""
     return (np.arange(k) * 7 + 3) % n_experts if k < n_experts else np.arange(n_experts)
-
-
-def optimal_loss_by_granularity(
-    flops: float,
-    *,
-    law: FineGrainedLaw = FG_MOE,
-    expansion: int = 64,
-    granularities: Sequence[float] = DEFAULT_GRANULARITIES,
-    selected: float | None = None,
-) -> tuple[go.Figure, list[OptimalConfig]]:
-    """The best loss reachable with budget ``flops`` at each granularity (its own best N and D), optimum marked.
-
-    Without the router's cost finer would always be better; with it, the curve turns up again.
-    """
-    configs = [fg_optimal_for_granularity(flops, g, law=law, expansion=expansion) for g in granularities]
-    losses = [c.loss for c in configs]
-    best = int(np.argmin(losses))
-    figure = go.Figure()
-    figure.add_scatter(x=list(granularities), y=losses, mode="lines+markers", name="best loss at this G")
-    figure.add_scatter(
-        x=[granularities[best]],
-        y=[losses[best]],
-        mode="markers",
-        marker=dict(size=14, symbol="star"),
-        name=f"optimal G = {granularities[best]:g}",
-    )
-    if selected is not None and selected in granularities:
-        index = list(granularities).index(selected)
-        figure.add_scatter(
-            x=[selected],
-            y=[losses[index]],
-            mode="markers",
-            marker=dict(size=12, symbol="circle-open", line_width=3),
-            name=f"your G = {selected:g}",
-        )
-    figure.update_xaxes(type="log", tickvals=list(granularities))
-    style_figure(figure, f"Compute-optimal loss vs granularity at F = {flops:.1e} FLOPs", "granularity G", "loss")
-    return figure, configs
-
-
-def isoflop_curves(
-    flops_values: Sequence[float],
-    granularity: float,
-    *,
-    law: FineGrainedLaw = FG_MOE,
-    expansion: int = 64,
-    points: int = 60,
-) -> go.Figure:
-    """Loss against model size at fixed compute, one curve per budget, at one granularity; minima marked.
-
-    Every point spends the whole budget: a bigger model sees fewer tokens (the FLOP equation fixes D).
-    """
-    figure = go.Figure()
-    for index, flops in enumerate(flops_values):
-        optimum = fg_optimal_for_granularity(flops, granularity, law=law, expansion=expansion)
-        widths = optimum.d_model * np.geomspace(0.25, 4.0, points)
-        shape = fg_shape(widths, expansion)
-        tokens = flops / fg_training_flops(widths, 1.0, expansion, granularity)
-        losses = law.loss(shape["total_params"], tokens, granularity)
-        color = PALETTE[index % len(PALETTE)]
-        figure.add_scatter(x=shape["active_params"], y=losses, name=f"F = {flops:.0e}", line=dict(color=color))
-        figure.add_scatter(
-            x=[optimum.active_params],
-            y=[optimum.loss],
-            mode="markers",
-            marker=dict(color=color, size=10),
-            showlegend=False,
-            hovertext=f"optimum: D = {optimum.tokens:.2e} tokens",
-        )
-    figure.update_xaxes(type="log")
-    return style_figure(figure, f"Iso-FLOP curves at G = {granularity:g}", "active parameters", "loss")
 
 
 def compute_optimal_frontier(
@@ -420,20 +351,34 @@ def measured_granularity_curves(runs: pd.DataFrame, *, seed: int) -> go.Figure:
 
 
 def measured_with_law(curves: pd.DataFrame, law: FineGrainedLaw, *, title: str) -> go.Figure:
-    """Measured validation loss against tokens (one marker series per seed) and the fitted law's curve.
+    """One configuration's validation loss against tokens, every seed: the stable phase (constant rate, a line)
+    and the loss after each branched cooldown (markers: the points the law was fitted to), with the fitted law.
 
-    ``curves`` holds the evaluations of one configuration: columns seed, tokens, val_loss, params, granularity.
+    ``curves`` holds the evaluations of one configuration: columns seed, tokens, val_loss, params, granularity
+    and, optionally, phase ("stable" or "decayed").
     """
     if curves.empty:
         raise ValueError("curves is empty; expected the evaluations of one configuration")
+    phase = curves.phase if "phase" in curves else pd.Series("decayed", index=curves.index)
     figure = go.Figure()
     for index, (seed, group) in enumerate(curves.groupby("seed")):
+        color = PALETTE[index % len(PALETTE)]
+        stable = group[phase[group.index] == "stable"]
+        decayed = group[phase[group.index] == "decayed"]
+        if len(stable):
+            figure.add_scatter(
+                x=stable.tokens,
+                y=stable.val_loss,
+                mode="lines",
+                name=f"stable phase, seed {seed}",
+                line=dict(color=color, dash="dot"),
+            )
         figure.add_scatter(
-            x=group.tokens,
-            y=group.val_loss,
+            x=decayed.tokens,
+            y=decayed.val_loss,
             mode="markers",
-            name=f"measured, seed {seed}",
-            marker=dict(color=PALETTE[index % len(PALETTE)]),
+            name=f"after cooldown, seed {seed}",
+            marker=dict(color=color, size=9),
         )
     tokens = np.geomspace(curves.tokens.min(), curves.tokens.max(), 50)
     granularity = max(float(curves.granularity.iloc[0]), 1.0)
@@ -441,3 +386,85 @@ def measured_with_law(curves: pd.DataFrame, law: FineGrainedLaw, *, title: str) 
     figure.add_scatter(x=tokens, y=predicted, name="fitted law", line=dict(color="black"))
     figure.update_xaxes(type="log")
     return style_figure(figure, title, "training tokens", "validation loss (nats/byte)")
+
+
+def measured_against_cost(points: pd.DataFrame, *, seed: int) -> go.Figure:
+    """The decayed points of one seed against training FLOPs with the router counted (eq. 10, left) and against
+    the wall-clock seconds each branch took (right), one colour per configuration, one line per width.
+
+    ``points`` has columns label, width, seed, training_flops, seconds, val_loss (token-choice runs left out).
+    """
+    missing = {"label", "width", "seed", "training_flops", "seconds", "val_loss"} - set(points)
+    if missing:
+        raise ValueError(f"points lacks columns {sorted(missing)}")
+    rows = points[(points.seed == seed) & ~points.label.str.contains("token choice")]
+    figure = make_subplots(
+        rows=1,
+        cols=2,
+        shared_yaxes=True,
+        subplot_titles=("against training FLOPs (eq. 10, router counted)", "against measured wall-clock"),
+    )
+    labels = list(dict.fromkeys(rows.label))
+    for index, label in enumerate(labels):
+        color = PALETTE[index % len(PALETTE)]
+        for number, (width, group) in enumerate(rows[rows.label == label].groupby("width")):
+            group = group.sort_values("training_flops")
+            for column, x in ((1, group.training_flops), (2, group.seconds)):
+                figure.add_scatter(
+                    x=x,
+                    y=group.val_loss,
+                    mode="lines+markers",
+                    name=label,
+                    legendgroup=label,
+                    showlegend=column == 1 and number == 0,
+                    line=dict(color=color),
+                    hovertext=f"d_model={width}",
+                    row=1,
+                    col=column,
+                )
+    figure.update_xaxes(type="log", title_text="training FLOPs", row=1, col=1)
+    figure.update_xaxes(type="log", title_text="seconds", row=1, col=2)
+    figure.update_yaxes(title_text="validation loss (nats/byte)", row=1, col=1)
+    figure.update_layout(template=TEMPLATE, height=400, margin=dict(l=60, r=20, t=50, b=50))
+    return figure
+
+
+def playground(result) -> Playground:
+    """The notebook's playground: the published law (granularity, compute budget, which coefficients) beside
+    this run's models (width, configuration). Every control redraws from closed-form arithmetic or from the
+    precomputed runs; nothing trains."""
+    budget = result.budget
+    configurations = {"dense": 0, **{f"MoE G={g}": g for g in budget.granularities}}
+    curves = result.grid.curves
+    fits = result.fits
+    flops_grid = [float(f) for f in np.logspace(17, 25, 17)]
+
+    def render(granularity, flops, coefficients, width, configuration):
+        law = FG_LAWS[coefficients]
+        figure = granularity_explorer_figure(flops, granularity, law=law)
+        chosen = configurations[configuration]
+        rows = curves[
+            (curves.width == width) & (curves.granularity == chosen) & (curves.routing != "token_choice")
+        ]
+        fitted = fits.dense.fit.law if chosen == 0 else fits.moe.fit.law
+        measured = measured_with_law(rows, fitted, title=f"this run: d_model={width}, {configuration}")
+        best = min(
+            (fg_optimal_for_granularity(flops, g, law=law) for g in DEFAULT_GRANULARITIES), key=lambda c: c.loss
+        )
+        mine = fg_optimal_for_granularity(flops, granularity, law=law)
+        decayed = rows[rows.phase == "decayed"] if "phase" in rows else rows
+        status = (
+            f"{coefficients} at {flops:.0e} FLOPs: optimal G = {best.granularity:g}, your G = {granularity:g} "
+            f"reaches {mine.loss:.3f} ({mine.loss - best.loss:+.3f}). This run, d_model={width}, {configuration}: "
+            f"{len(decayed)} decayed points, last {decayed.val_loss.iloc[-1]:.3f} nats/byte."
+        )
+        return [figure, measured], status
+
+    return widgets_playground(
+        render,
+        granularity=slider("granularity", DEFAULT_GRANULARITIES, value=8),
+        flops=slider("compute (FLOPs)", flops_grid, value=1e20),
+        coefficients=dropdown("coefficients", [name for name in FG_LAWS if "MoE" in name]),
+        width=dropdown("width", list(budget.widths)),
+        configuration=dropdown("configuration", list(configurations), value=f"MoE G={max(budget.granularities)}"),
+    )

@@ -187,9 +187,19 @@ class JointLaw:
 
 
 JOINT = JointLaw(
-    a=35.91, alpha=-0.1889, delta=-0.2285, gamma=0.0098, b=35.98, beta=-0.1775, omega=0.5529, zeta=-0.0259,
-    e_start=2.0732, e_max=290.4521, c=1.3637, source="arXiv 2502.05172, Table 3",
-)  # fmt: skip
+    a=35.91,
+    alpha=-0.1889,
+    delta=-0.2285,
+    gamma=0.0098,
+    b=35.98,
+    beta=-0.1775,
+    omega=0.5529,
+    zeta=-0.0259,
+    e_start=2.0732,
+    e_max=290.4521,
+    c=1.3637,
+    source="arXiv 2502.05172, Table 3",
+)
 
 JOINT_TABLE_4 = {
     1: (30.3640, -0.1817, 53.9838, -0.1965),
@@ -642,7 +652,7 @@ def joint_form(e_start: float = JOINT.e_start, e_max: float = JOINT.e_max) -> La
             "omega": (-0.5, 0.5),
             "zeta": (-0.05, 0.05),
             "log_c": (-2.0, 1.0),
-        },  # fmt: skip
+        },
         bounds={
             "log_a": _LOG_BOUNDS,
             "alpha": _EXPONENT_BOUNDS,
@@ -653,9 +663,6 @@ def joint_form(e_start: float = JOINT.e_start, e_max: float = JOINT.e_max) -> La
             "omega": _EXPERT_POWER_BOUNDS,
             "zeta": _INTERACTION_BOUNDS,
             "log_c": (-12.0, 3.0),
-        },  # fmt: skip
+        },
         to_law=lambda p: JointLaw(**p, e_start=e_start, e_max=e_max, source="fit"),
     )
-
-
-JOINT_FORM = joint_form()

@@ -27,7 +27,8 @@ from efflab.joint_moe.law import (
     peak_learning_rate,
 )
 from efflab.ui.plots import PALETTE, TEMPLATE, style_figure
-from efflab.ui.widgets import Explorer, explorer, slider
+from efflab.ui.widgets import Playground, dropdown, slider
+from efflab.ui.widgets import playground as widgets_playground
 
 EXPLORER_EXPERTS = (1, 2, 4, 8, 16, 32, 64)  # 64 lies beyond the paper's runs: an extrapolation
 FLOPS_GRID = tuple(float(f) for f in np.logspace(19, 25, 25))
@@ -37,8 +38,14 @@ KV_TOKENS_GRID = (0, 4_096, 16_384, 32_768)
 _HEATMAP_FLOPS = np.logspace(19, 25, 31)
 _HEATMAP_MEMORY_GB = np.logspace(0, 3.5, 36)
 _HEATMAP_HOVER = "memory 10^%{x:.2f} GB<br>compute 10^%{y:.2f} FLOPs<br>best E %{customdata:g}<extra></extra>"
-_EXPERT_COLORS = [[0.0, "#f7fbff"], [0.2, "#c6dbef"], [0.4, "#6baed6"], [0.6, "#2171b5"], [0.8, "#08519c"],
-                  [1.0, "#08306b"]]  # fmt: skip
+_EXPERT_COLORS = [
+    [0.0, "#f7fbff"],
+    [0.2, "#c6dbef"],
+    [0.4, "#6baed6"],
+    [0.6, "#2171b5"],
+    [0.8, "#08519c"],
+    [1.0, "#08306b"],
+]
 
 
 def _experts_options(memory_gb, kv_tokens, inference_tokens) -> dict:
@@ -53,25 +60,45 @@ def _add_loss_vs_experts(figure, row, col, flops, memory_gb, kv_tokens, inferenc
     experts = np.asarray(EXPLORER_EXPERTS, dtype=float)
     free = optimal_config(flops, experts, inference_tokens=inference_tokens, law=law)
     figure.add_scatter(
-        x=experts, y=free.loss, name="compute budget only", mode="lines+markers",
-        line=dict(color=PALETTE[7], dash="dash"), row=row, col=col,
-    )  # fmt: skip
+        x=experts,
+        y=free.loss,
+        name="compute budget only",
+        mode="lines+markers",
+        line=dict(color=PALETTE[7], dash="dash"),
+        row=row,
+        col=col,
+    )
     limited = optimal_config(flops, experts, law=law, **_experts_options(memory_gb, kv_tokens, inference_tokens))
     best = int(np.argmin(limited.loss))
     figure.add_scatter(
-        x=experts, y=limited.loss, name=f"and {memory_gb:g} GB of memory", mode="lines+markers",
-        line=dict(color=PALETTE[0]), row=row, col=col,
-    )  # fmt: skip
+        x=experts,
+        y=limited.loss,
+        name=f"and {memory_gb:g} GB of memory",
+        mode="lines+markers",
+        line=dict(color=PALETTE[0]),
+        row=row,
+        col=col,
+    )
     figure.add_scatter(
-        x=[experts[best]], y=[limited.loss[best]], mode="markers", name=f"best E = {experts[best]:g}",
-        marker=dict(size=15, symbol="star", color=PALETTE[3]), row=row, col=col,
-    )  # fmt: skip
+        x=[experts[best]],
+        y=[limited.loss[best]],
+        mode="markers",
+        name=f"best E = {experts[best]:g}",
+        marker=dict(size=15, symbol="star", color=PALETTE[3]),
+        row=row,
+        col=col,
+    )
     if selected is not None:
         index = EXPLORER_EXPERTS.index(selected)
         figure.add_scatter(
-            x=[selected], y=[limited.loss[index]], mode="markers", name=f"your E = {selected}",
-            marker=dict(size=13, symbol="circle-open", line_width=3, color=PALETTE[1]), row=row, col=col,
-        )  # fmt: skip
+            x=[selected],
+            y=[limited.loss[index]],
+            mode="markers",
+            name=f"your E = {selected}",
+            marker=dict(size=13, symbol="circle-open", line_width=3, color=PALETTE[1]),
+            row=row,
+            col=col,
+        )
     figure.update_xaxes(type="log", tickvals=list(EXPLORER_EXPERTS), title_text="experts E", row=row, col=col)
     figure.update_yaxes(title_text="predicted loss", row=row, col=col)
     return limited
@@ -100,33 +127,19 @@ def _add_frontier(figure, row, col, flops_values, memory_gb, kv_tokens, inferenc
     for index, experts in enumerate(EXPERT_COUNTS):
         limited = optimal_config(flops_values, experts, law=law, **options).loss
         figure.add_scatter(
-            x=flops_values, y=limited - dense, name=f"E={experts}", mode="lines",
-            line=dict(color=PALETTE[index % len(PALETTE)]), row=row, col=col,
-        )  # fmt: skip
+            x=flops_values,
+            y=limited - dense,
+            name=f"E={experts}",
+            mode="lines",
+            line=dict(color=PALETTE[index % len(PALETTE)]),
+            row=row,
+            col=col,
+        )
     figure.add_hline(y=0.0, line=dict(color="black", dash="dot", width=1), row=row, col=col)
     if marked is not None:
         figure.add_vline(x=marked, line=dict(color=PALETTE[3], width=1), row=row, col=col)
     figure.update_xaxes(type="log", title_text="training FLOPs", row=row, col=col)
     figure.update_yaxes(title_text="loss minus compute-optimal dense", row=row, col=col)
-
-
-def relative_frontier(
-    flops_values: Sequence[float],
-    memory_gb: float | None = None,
-    *,
-    kv_tokens: int = 0,
-    inference_tokens: float = 0.0,
-    law: JointLaw = JOINT,
-) -> go.Figure:
-    """For each number of experts, its best loss minus the compute-optimal dense model's, against compute.
-
-    Below zero an MoE beats dense. With ``memory_gb`` every curve is the memory-limited optimum: as compute
-    grows, the models that fill memory first (many experts) stop improving, and the lowest curve changes.
-    """
-    figure = go.Figure()
-    _add_frontier(figure, None, None, flops_values, memory_gb, kv_tokens, inference_tokens, None, law)
-    limit = "compute only" if memory_gb is None else f"memory {memory_gb:g} GB, KV cache {kv_tokens} tokens"
-    return style_figure(figure, f"Each E against dense ({limit})", "training FLOPs", "loss minus dense")
 
 
 def compute_saving_curves(flops_values: Sequence[float], *, law: JointLaw = JOINT) -> go.Figure:
@@ -135,9 +148,11 @@ def compute_saving_curves(flops_values: Sequence[float], *, law: JointLaw = JOIN
     figure = go.Figure()
     for index, experts in enumerate(EXPERT_COUNTS[1:], start=1):
         figure.add_scatter(
-            x=flops_values, y=compute_saving(flops_values, experts, law=law), name=f"E={experts}",
+            x=flops_values,
+            y=compute_saving(flops_values, experts, law=law),
+            name=f"E={experts}",
             line=dict(color=PALETTE[index % len(PALETTE)]),
-        )  # fmt: skip
+        )
     figure.update_xaxes(type="log")
     return style_figure(
         figure, "Compute a dense model needs to match an MoE", "MoE training FLOPs", "dense / MoE FLOPs"
@@ -147,33 +162,61 @@ def compute_saving_curves(flops_values: Sequence[float], *, law: JointLaw = JOIN
 def _add_heatmap(figure, row, col, best, marked, law_note):
     log_memory, log_flops = np.log10(_HEATMAP_MEMORY_GB), np.log10(_HEATMAP_FLOPS)
     figure.add_heatmap(
-        x=log_memory, y=log_flops, z=np.log2(best), zmin=0, zmax=5, colorscale=_EXPERT_COLORS,
-        customdata=best, hovertemplate=_HEATMAP_HOVER,
-        colorbar=dict(title="best E", tickvals=list(range(6)), ticktext=[str(2**k) for k in range(6)],
-                      len=0.45 if row else 1.0, y=0.2 if row else 0.5),
-        row=row, col=col,
-    )  # fmt: skip
+        x=log_memory,
+        y=log_flops,
+        z=np.log2(best),
+        zmin=0,
+        zmax=5,
+        colorscale=_EXPERT_COLORS,
+        customdata=best,
+        hovertemplate=_HEATMAP_HOVER,
+        colorbar=dict(
+            title="best E",
+            tickvals=list(range(6)),
+            ticktext=[str(2**k) for k in range(6)],
+            len=0.45 if row else 1.0,
+            y=0.2 if row else 0.5,
+        ),
+        row=row,
+        col=col,
+    )
     cells = pd.DataFrame([cell.__dict__ for cell in JOINT_TABLE_2])
     figure.add_scatter(
-        x=np.log10(cells.memory_gb), y=np.log10(cells.flops), mode="markers+text",
+        x=np.log10(cells.memory_gb),
+        y=np.log10(cells.flops),
+        mode="markers+text",
         text=[f"{'≥' if at_least else ''}{e}" for e, at_least in zip(cells.experts, cells.at_least, strict=True)],
         marker=dict(size=26, color="white", opacity=0.9, line=dict(color=PALETTE[1], width=2)),
-        textfont=dict(color="black", size=13), name="paper's Table 2", row=row, col=col,
-    )  # fmt: skip
+        textfont=dict(color="black", size=13),
+        name="paper's Table 2",
+        row=row,
+        col=col,
+    )
     if marked is not None:
         figure.add_scatter(
-            x=[np.log10(marked[1])], y=[np.log10(marked[0])], mode="markers", name="your budgets",
-            marker=dict(size=14, symbol="x", color=PALETTE[3]), row=row, col=col,
-        )  # fmt: skip
+            x=[np.log10(marked[1])],
+            y=[np.log10(marked[0])],
+            mode="markers",
+            name="your budgets",
+            marker=dict(size=14, symbol="x", color=PALETTE[3]),
+            row=row,
+            col=col,
+        )
     memory_ticks = [1, 10, 24, 80, 640, 3000]
     figure.update_xaxes(
-        tickvals=np.log10(memory_ticks), ticktext=[str(m) for m in memory_ticks],
-        title_text=f"memory (GB){law_note}", row=row, col=col,
-    )  # fmt: skip
+        tickvals=np.log10(memory_ticks),
+        ticktext=[str(m) for m in memory_ticks],
+        title_text=f"memory (GB){law_note}",
+        row=row,
+        col=col,
+    )
     figure.update_yaxes(
-        tickvals=list(range(19, 26)), ticktext=[f"1e{k}" for k in range(19, 26)], title_text="training FLOPs",
-        row=row, col=col,
-    )  # fmt: skip
+        tickvals=list(range(19, 26)),
+        ticktext=[f"1e{k}" for k in range(19, 26)],
+        title_text="training FLOPs",
+        row=row,
+        col=col,
+    )
 
 
 def optimal_experts_heatmap(
@@ -190,9 +233,11 @@ def optimal_experts_heatmap(
     _add_heatmap(figure, None, None, best, marked, f", with a {kv_tokens}-token KV cache")
     figure.update_layout(
         title="Best number of experts for a compute and a memory budget (circled: the paper's Table 2)",
-        template=TEMPLATE, height=480,
-        margin=dict(l=70, r=20, t=50, b=60), legend=dict(orientation="h", y=1.02, x=1.0, xanchor="right"),
-    )  # fmt: skip
+        template=TEMPLATE,
+        height=480,
+        margin=dict(l=70, r=20, t=50, b=60),
+        legend=dict(orientation="h", y=1.02, x=1.0, xanchor="right"),
+    )
     return figure
 
 
@@ -209,12 +254,16 @@ def explorer_figure(
     compute at your memory (top right), the best E over every compute x memory pair (bottom), and a summary of
     the model your E would be."""
     figure = make_subplots(
-        rows=2, cols=2, specs=[[{}, {}], [{"colspan": 2}, None]], vertical_spacing=0.16,
+        rows=2,
+        cols=2,
+        specs=[[{}, {}], [{"colspan": 2}, None]],
+        vertical_spacing=0.16,
         subplot_titles=(
-            f"best loss by E at F = {flops:.1e}", f"each E against dense, {memory_gb:g} GB",
+            f"best loss by E at F = {flops:.1e}",
+            f"each E against dense, {memory_gb:g} GB",
             "best E for every compute and memory budget (circled: the paper's Table 2, with a 16k-token cache)",
         ),
-    )  # fmt: skip
+    )
     limited = _add_loss_vs_experts(figure, 1, 1, flops, memory_gb, kv_tokens, inference_tokens, experts, law)
     _add_frontier(figure, 1, 2, FLOPS_GRID, memory_gb, kv_tokens, inference_tokens, flops, law)
     best, _ = optimal_experts(
@@ -222,9 +271,15 @@ def explorer_figure(
     )
     _add_heatmap(figure, 2, 1, best, (flops, memory_gb), f", KV cache {kv_tokens} tokens")
     figure.add_annotation(
-        text=config_summary(limited, EXPLORER_EXPERTS.index(experts)), xref="paper", yref="paper", x=0, y=-0.12,
-        showarrow=False, xanchor="left", align="left",
-    )  # fmt: skip
+        text=config_summary(limited, EXPLORER_EXPERTS.index(experts)),
+        xref="paper",
+        yref="paper",
+        x=0,
+        y=-0.12,
+        showarrow=False,
+        xanchor="left",
+        align="left",
+    )
     figure.update_layout(template=TEMPLATE, height=900, margin=dict(l=70, r=20, t=60, b=110), showlegend=True)
     return figure
 
@@ -245,21 +300,43 @@ def config_summary(configs, index: int) -> str:
     )
 
 
-def joint_law_explorer(
-    *, flops: float = 1e22, memory_gb: float = 80, experts: int = 8, kv_tokens: int = 16_384, law: JointLaw = JOINT
-) -> Explorer:
-    """The notebook's explorer: sliders for the compute budget, memory, your E, inference tokens and KV cache
-    (starting at the paper's 16k tokens, so that the heatmap is comparable with its Table 2)."""
-    explorer_view = explorer(
-        lambda **values: explorer_figure(**values, law=law),
-        flops=slider("compute (FLOPs)", FLOPS_GRID, value=min(FLOPS_GRID, key=lambda f: abs(np.log(f / flops)))),
-        memory_gb=slider("memory (GB)", MEMORY_GB_GRID, value=memory_gb),
-        experts=slider("your E", EXPLORER_EXPERTS, value=experts),
+def playground(result) -> Playground:
+    """The notebook's playground: the law under your compute, memory, inference and KV-cache budgets and your
+    E (the explorer view), beside this run's models (width, number of experts) with the law fitted to them.
+    Every control redraws from closed-form arithmetic or the precomputed runs; nothing trains."""
+    budget = result.budget
+    curves = result.grid.curves
+    fitted = result.joint_fit.law
+
+    def render(flops, memory_gb, experts, inference_tokens, kv_tokens, width, run_experts):
+        figure = explorer_figure(flops, memory_gb, experts, inference_tokens, kv_tokens)
+        rows = curves[(curves.width == width) & (curves.expansion == run_experts)]
+        measured = measured_with_law(rows, fitted, title=f"this run: d_model={width}, E={run_experts}")
+        limited = optimal_config(
+            flops,
+            np.asarray(EXPLORER_EXPERTS, dtype=float),
+            **_experts_options(memory_gb, kv_tokens, inference_tokens),
+        )
+        best = EXPLORER_EXPERTS[int(np.argmin(limited.loss))]
+        decayed = rows[rows.phase == "decayed"] if "phase" in rows else rows
+        status = (
+            f"At {flops:.1e} FLOPs and {memory_gb:g} GB the law's best E is {best}"
+            + (" (beyond the paper's E <= 32: an extrapolation)" if best > 32 or experts > 32 else "")
+            + f"; your E = {experts}. This run, d_model={width}, E={run_experts}: {len(decayed)} decayed points, "
+            f"last {decayed.val_loss.iloc[-1]:.3f} nats/byte."
+        )
+        return [figure, measured], status
+
+    return widgets_playground(
+        render,
+        flops=slider("compute (FLOPs)", FLOPS_GRID, value=min(FLOPS_GRID, key=lambda f: abs(np.log(f / 1e22)))),
+        memory_gb=slider("memory (GB)", MEMORY_GB_GRID, value=24),
+        experts=slider("your E", EXPLORER_EXPERTS, value=8),
         inference_tokens=slider("inference tokens", INFERENCE_TOKENS_GRID),
-        kv_tokens=slider("KV-cache tokens", KV_TOKENS_GRID, value=kv_tokens),
+        kv_tokens=slider("KV-cache tokens", KV_TOKENS_GRID, value=16_384),
+        width=dropdown("run width", list(budget.widths)),
+        run_experts=dropdown("run E", [1, *budget.expert_counts], value=max(budget.expert_counts)),
     )
-    explorer_view.widget.children[0].layout.flex_flow = "row wrap"  # five sliders do not fit on one row
-    return explorer_view
 
 
 # ------------------------------------------------------------------------------------- this run's experiment
@@ -274,14 +351,19 @@ def measured_expert_curves(runs: pd.DataFrame, *, seed: int) -> go.Figure:
     figure = go.Figure()
     for index, (width, group) in enumerate(rows.groupby("width")):
         figure.add_scatter(
-            x=group.expansion, y=group.val_loss, mode="lines+markers", name=f"d_model={width}",
+            x=group.expansion,
+            y=group.val_loss,
+            mode="lines+markers",
+            name=f"d_model={width}",
             line=dict(color=PALETTE[index % len(PALETTE)]),
-        )  # fmt: skip
+        )
     figure.update_xaxes(type="log", tickvals=sorted(rows.expansion.unique().tolist()))
     return style_figure(
-        figure, "Final validation loss by number of experts (same active parameters per width)",
-        "experts E (1 = dense)", "validation loss (nats/byte)",
-    )  # fmt: skip
+        figure,
+        "Final validation loss by number of experts (same active parameters per width)",
+        "experts E (1 = dense)",
+        "validation loss (nats/byte)",
+    )
 
 
 def exponents_by_experts(fitted: JointLaw, expert_counts: Sequence[int], *, paper: JointLaw = JOINT) -> go.Figure:
@@ -294,28 +376,51 @@ def exponents_by_experts(fitted: JointLaw, expert_counts: Sequence[int], *, pape
     for column, name in ((1, "mu"), (2, "nu")):
         for law, label, color in ((paper, "paper", PALETTE[7]), (fitted, "this run", PALETTE[0])):
             figure.add_scatter(
-                x=experts, y=getattr(law.for_experts(experts), name), mode="lines+markers", name=label,
-                line=dict(color=color), showlegend=column == 1, row=1, col=column,
-            )  # fmt: skip
+                x=experts,
+                y=getattr(law.for_experts(experts), name),
+                mode="lines+markers",
+                name=label,
+                line=dict(color=color),
+                showlegend=column == 1,
+                row=1,
+                col=column,
+            )
         figure.update_xaxes(type="log", tickvals=list(expert_counts), title_text="experts E", row=1, col=column)
     figure.update_layout(template=TEMPLATE, height=380, margin=dict(l=60, r=20, t=50, b=50))
     return figure
 
 
 def measured_with_law(curves: pd.DataFrame, law: JointLaw, *, title: str) -> go.Figure:
-    """Measured validation loss against tokens for one configuration (a marker series per seed) and the fitted
-    law's curve at its active parameters and number of experts.
+    """One configuration's validation loss against tokens, every seed: the stable phase (a dotted line) and the
+    loss after each branched cooldown (markers: the fitted points), with the fitted law at its active
+    parameters and number of experts.
 
-    ``curves`` holds the evaluations of one (width, E): columns seed, tokens, val_loss, active_params, expansion.
+    ``curves`` holds the evaluations of one (width, E): columns seed, tokens, val_loss, active_params, expansion
+    and, optionally, phase.
     """
     if curves.empty:
         raise ValueError("curves is empty; expected the evaluations of one configuration")
+    phase = curves.phase if "phase" in curves else pd.Series("decayed", index=curves.index)
     figure = go.Figure()
     for index, (seed, group) in enumerate(curves.groupby("seed")):
+        color = PALETTE[index % len(PALETTE)]
+        stable = group[phase[group.index] == "stable"]
+        decayed = group[phase[group.index] == "decayed"]
+        if len(stable):
+            figure.add_scatter(
+                x=stable.tokens,
+                y=stable.val_loss,
+                mode="lines",
+                name=f"stable phase, seed {seed}",
+                line=dict(color=color, dash="dot"),
+            )
         figure.add_scatter(
-            x=group.tokens, y=group.val_loss, mode="markers", name=f"measured, seed {seed}",
-            marker=dict(color=PALETTE[index % len(PALETTE)]),
-        )  # fmt: skip
+            x=decayed.tokens,
+            y=decayed.val_loss,
+            mode="markers",
+            name=f"after cooldown, seed {seed}",
+            marker=dict(color=color, size=9),
+        )
     tokens = np.geomspace(curves.tokens.min(), curves.tokens.max(), 50)
     predicted = law.loss(float(curves.active_params.iloc[0]), tokens, int(curves.expansion.iloc[0]))
     figure.add_scatter(x=tokens, y=predicted, name="fitted joint law", line=dict(color="black"))

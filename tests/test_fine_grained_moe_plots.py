@@ -19,15 +19,7 @@ def test_granularity_diagram_draws_every_expert_and_the_chosen_ones():
         moe_plots.granularity_diagram(expansion=0)
 
 
-def test_optimal_loss_by_granularity_marks_the_published_optimum():
-    figure, configs = moe_plots.optimal_loss_by_granularity(2.95e18, selected=2)
-    assert isinstance(figure, go.Figure) and len(configs) == len(laws.DEFAULT_GRANULARITIES)
-    assert figure.data[1].x[0] == 8  # Table 2's first row: G = 8 at 2.95e18 FLOPs
-    assert figure.data[2].x[0] == 2
-
-
 def test_law_figures_build():
-    assert len(moe_plots.isoflop_curves([1e18, 1e20], 8).data) == 4
     frontier = moe_plots.compute_optimal_frontier(np.logspace(18, 22, 5), granularities=(1, 8))
     assert [trace.name for trace in frontier.data][:3] == ["dense", "MoE G=1", "MoE G=8"]
     shares = moe_plots.router_cost_share((256, 4096))
@@ -60,16 +52,28 @@ def test_router_figures_and_parity():
 
 
 def test_measured_figures():
-    runs = pd.DataFrame({
-        "width": [32, 32, 32], "granularity": [0, 1, 2], "routing": ["dense", "expert_choice", "expert_choice"],
-        "seed": [0, 0, 0], "val_loss": [2.7, 2.6, 2.5],
-    })  # fmt: skip
+    runs = pd.DataFrame(
+        {
+            "width": [32, 32, 32],
+            "granularity": [0, 1, 2],
+            "routing": ["dense", "expert_choice", "expert_choice"],
+            "seed": [0, 0, 0],
+            "val_loss": [2.7, 2.6, 2.5],
+        }
+    )
     figure = moe_plots.measured_granularity_curves(runs, seed=0)
     assert list(figure.data[0].y) == [2.6, 2.5]
     with pytest.raises(ValueError, match="val_loss"):
         moe_plots.measured_granularity_curves(runs.drop(columns="val_loss"), seed=0)
-    curves = pd.DataFrame({"seed": [0, 0, 1], "tokens": [1e5, 2e5, 1e5], "val_loss": [2.9, 2.7, 2.95],
-                           "params": [1e5] * 3, "granularity": [2] * 3})  # fmt: skip
+    curves = pd.DataFrame(
+        {
+            "seed": [0, 0, 1],
+            "tokens": [1e5, 2e5, 1e5],
+            "val_loss": [2.9, 2.7, 2.95],
+            "params": [1e5] * 3,
+            "granularity": [2] * 3,
+        }
+    )
     with_law = moe_plots.measured_with_law(curves, laws.FG_MOE, title="t")
     assert len(with_law.data) == 3  # two seeds and the law
     with pytest.raises(ValueError, match="curves"):
