@@ -1,4 +1,5 @@
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -6,8 +7,8 @@ import torch
 
 import efflab
 from efflab.data.text import ByteCorpus
-from efflab.joint_moe.experiment import ExpertCountBudget, fit_joint_law, law_points, run_expert_count_experiment
-from efflab.lm_grid import seed_spread, train_specs
+from efflab.joint_moe import plots
+from efflab.joint_moe.experiment import ExpertCountBudget, findings, law_points, paper_rows, run_experiment
 
 TINY = dataclasses.replace(
     ExpertCountBudget.quick(),
@@ -16,14 +17,15 @@ TINY = dataclasses.replace(
     n_layer=1,
     block_size=16,
     batch_size=8,
-    steps=6,
+    steps=8,
     warmup_steps=1,
-    eval_every=2,
+    eval_every=4,
     eval_batches=1,
     spread_width=16,
     spread_experts=(1, 4),
     n_seeds=2,
-    fit_from_step=2,
+    checkpoints=(4, 8),
+    bootstrap=3,
 )
 
 
@@ -35,13 +37,9 @@ def corpus():
 
 
 @pytest.fixture(scope="module")
-def run():
-    return efflab.setup("quick", "cpu", 0, verbose=False)
-
-
-@pytest.fixture(scope="module")
-def results(run, corpus):
-    return run_expert_count_experiment(run, corpus, TINY, progress=False)
+def result(corpus):
+    run = efflab.setup("quick", "cpu", 0, verbose=False)
+    return run_experiment(run, TINY, corpus=corpus, progress=False)
 
 
 def test_grid_covers_every_width_and_expert_count_then_the_extra_seeds():
@@ -51,41 +49,59 @@ def test_grid_covers_every_width_and_expert_count_then_the_extra_seeds():
     assert all(spec.routing == "token_choice" and spec.granularity == 1 for spec in specs if spec.expansion)
 
 
-def test_runs_have_matched_active_parameters_and_e_times_the_ffn(results):
-    runs = results.runs
-    assert len(runs) == len(TINY.specs(0))
+def test_every_expert_count_gets_the_papers_learning_rate_rule(result):
+    rates = result.grid.runs.groupby("expansion").lr.first()
+    np.testing.assert_allclose(rates.to_numpy(), TINY.lr * rates.index.to_numpy(float) ** -0.25)
+    assert dataclasses.replace(TINY, lr_rule=False).learning_rate(TINY.specs(0)[2]) == TINY.lr
+
+
+def test_runs_have_matched_active_parameters_and_e_times_the_ffn(result):
+    runs = result.grid.runs
     assert set(runs.expansion) == {1, 2, 4}
     for width, group in runs.groupby("width"):
         assert group.active_params.nunique() == 1  # every model at a width uses the same parameters per token
         ffn = TINY.n_layer * 2 * width * 4 * width
         np.testing.assert_array_equal(group.params - group.active_params, (group.expansion - 1) * ffn)
-    assert (runs.val_loss < np.log(256)).all()
+    snapshot = result.grid.routers[("MoE E=4", 16, 0)]
+    assert snapshot.experts_per_token[0, 1] == pytest.approx(1.0)  # dropless top-1: one expert per token
 
 
-def test_token_choice_top_one_sends_every_token_to_exactly_one_expert(results):
-    snapshot = results.routers[("MoE E=4", 16, 0)]
-    assert snapshot.load.shape == (1, 4)
-    np.testing.assert_allclose(snapshot.load.sum(axis=1), 1.0, rtol=1e-6)
-    assert snapshot.experts_per_token[0, 1] == pytest.approx(1.0)  # dropless: no token skipped, none doubled
-    assert not any(label == "dense" for label, _, _ in results.routers)
+def test_summary_table_and_findings_come_from_the_run(result):
+    summary = result.summary()
+    json.dumps(summary)
+    points = law_points(result.grid)
+    assert summary["fit"]["points"] == len(points["loss"]) == len(result.grid.runs) * 2
+    assert np.all(np.isfinite(result.joint_fit.fit.predict(points)))
+    table = paper_rows(summary, None)
+    assert "≥32" in table.loc["Table 2: best E under memory (12 cells)", "paper"]
+    text = findings(summary)
+    wrong = {**summary, "fit": {**summary["fit"], "coefficients": {**summary["fit"]["coefficients"], "zeta": 0.1}}}
+    right = {
+        **summary,
+        "fit": {**summary["fit"], "coefficients": {**summary["fit"]["coefficients"], "zeta": -0.1}},
+    }
+    assert "wrong sign at this scale" in findings(wrong) and "the paper's sign" in findings(right)
+    assert ("wrong sign" in text) == (summary["fit"]["coefficients"]["zeta"] > 0)
 
 
-def test_seed_spread_and_fit(results):
-    spread = seed_spread(results)
-    assert list(spread) == ["dense", "MoE E=4"]
-    assert all(values.shape == (2, 3) for values in spread.values())
-    fit = fit_joint_law(results, n_starts=2)
-    assert fit.n_points == len(results.runs) * 3 and fit.expert_counts == (1, 2, 4)
-    assert set(fit.fit.coefficients) == {"a", "alpha", "delta", "gamma", "b", "beta", "omega", "zeta", "c"}
-    points = law_points(results)
-    assert {len(values) for values in points.values()} == {fit.n_points}
-    assert np.all(np.isfinite(fit.fit.predict(points)))
-
-
-def test_same_seed_same_losses(run, corpus):
-    spec = TINY.specs(0)[2]
-    first, second = (train_specs(run, corpus, TINY, [spec], progress=False) for _ in range(2))
-    np.testing.assert_array_equal(first.curves.val_loss, second.curves.val_loss)
+def test_playground_answers_every_control(result):
+    view = plots.playground(result)
+    assert view.renders == 1 and len(view.last) == 2
+    changes = (
+        ("flops", view.controls["flops"].options[0]),
+        ("memory_gb", 640),
+        ("experts", 64),
+        ("width", 24),
+        ("run_experts", 1),
+    )
+    for name, value in changes:
+        before = view.status.value
+        view.controls[name].value = value
+        assert view.status.value != before, name
+    shown = [trace.name for trace in view.last[0].data]
+    view.controls["kv_tokens"].value = 0
+    view.controls["inference_tokens"].value = 1e13
+    assert view.renders == 1 + len(changes) + 2 and shown  # the explorer figure is redrawn for each
 
 
 def test_budget_validation():
@@ -97,7 +113,4 @@ def test_budget_validation():
         dataclasses.replace(TINY, expert_counts=(1, 2))
     with pytest.raises(ValueError, match="expert_counts"):
         dataclasses.replace(TINY, expert_counts=())
-    with pytest.raises(ValueError, match="fit_from_step"):
-        dataclasses.replace(TINY, fit_from_step=7)
     assert ExpertCountBudget.for_run(efflab.setup("quick", "cpu", 0, verbose=False)) == ExpertCountBudget.quick()
-    assert ExpertCountBudget.full().expert_counts[-1] > ExpertCountBudget.quick().expert_counts[-1]
