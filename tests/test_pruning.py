@@ -3,7 +3,6 @@ import math
 from dataclasses import replace
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -200,13 +199,22 @@ def test_unstructured_sparsity_equals_the_schedule_after_every_step(criterion, r
         previous_masks = masks
 
 
-def test_global_magnitude_removes_the_smallest_weights_across_layers():
+def test_global_magnitude_removes_the_smallest_parameters_across_layers_biases_included():
     model = small_model()
-    weights = torch.cat([m.weight.detach().abs().flatten() for _, m in pruning.prunable_layers(model)])
+    values = torch.cat([p.detach().abs().flatten() for p in model.parameters()])  # every conv/linear parameter
     pruner = UnstructuredPruner(model, "global-magnitude")
     pruner.prune_to(0.6)
-    masks = torch.cat([m.weight_mask.flatten() for _, m in pruner.layers])
-    assert weights[masks == 0].max() <= weights[masks == 1].min()
+    masks = torch.cat(
+        [
+            getattr(m, f"{t}_mask").flatten()
+            for m in model.modules()
+            for t in ("weight", "bias")
+            if hasattr(m, f"{t}_mask")
+        ]
+    )
+    assert len(masks) == len(values) == sum(pruner.sizes)
+    assert values[masks == 0].max() <= values[masks == 1].min()
+    assert int((masks == 0).sum()) == math.floor(0.6 * len(values))
 
 
 def test_a_wrong_mask_is_caught():
@@ -263,11 +271,14 @@ def test_masked_weights_stay_exactly_zero_after_optimiser_steps(digits):
         loss.backward()
         optimizer.step()
     model(digits.train.x[:1])  # refresh the computed weight
-    for _, module in pruner.layers:
-        pruned = module.weight_mask == 0
-        assert torch.count_nonzero(module.weight[pruned]) == 0
-        assert torch.count_nonzero(pruning.effective_weight(module)[pruned]) == 0
-        assert torch.count_nonzero(module.weight_orig[pruned]) > 0  # the optimiser did move what lies beneath
+    for _, module, tensor in pruner.tensors:
+        pruned = getattr(module, f"{tensor}_mask") == 0
+        if not pruned.any():
+            continue
+        assert torch.count_nonzero(getattr(module, tensor)[pruned]) == 0
+        assert torch.count_nonzero(pruning.effective_tensor(module, tensor)[pruned]) == 0
+    moved = [m.weight_orig[m.weight_mask == 0] for _, m in pruner.layers]
+    assert torch.count_nonzero(torch.cat(moved)) > 0  # the optimiser did move what lies beneath
     pruner.check(0.7)
 
 
@@ -283,6 +294,27 @@ def test_fixed_budget_runs_spend_exactly_their_budget_and_keep_their_masks(digit
         sum(pruning.split_steps(17, 5)) == 17
         and max(pruning.split_steps(17, 5)) - min(pruning.split_steps(17, 5)) <= 1
     )
+
+
+@pytest.mark.parametrize("regime", pruning.REGIMES)
+def test_patience_combines_with_every_schedule(regime, digits):
+    """Patience is a fine-tuning rule, not a schedule: any schedule runs with it, and every phase then stops
+    on its own. Patience 0 stops each phase after its first epoch, so a run spends one epoch per pruning step."""
+    schedule = make_schedule(regime, 0.9, steps=3, hybrid_start=0.6)
+    budget = FinetuneBudget(epochs=7, max_epochs_per_step=4)
+    run = pruning.prune_and_finetune(small_model(), digits, schedule, budget=budget, patience=0)
+    assert run.patience == 0 and run.schedule.regime == regime
+    assert run.epochs == pytest.approx(schedule.steps)  # not the fixed budget of 7 epochs
+    assert run.steps.phase_epochs.tolist() == pytest.approx([1.0] * schedule.steps)
+    assert (run.steps.pruned_units == run.steps.scheduled_units).all()
+    assert pruning.curve_name(regime, 0) == f"{regime} + patience 0" and pruning.curve_name(regime) == regime
+
+
+def test_patience_is_not_a_regime():
+    with pytest.raises(ValueError, match="regime"):
+        make_schedule("patience", 0.5)
+    with pytest.raises(ValueError, match="patience"):
+        pruning.curve_name("geometric", -1)
 
 
 def test_patience_stops_on_its_own_and_reports_what_it_spent(digits):
@@ -346,9 +378,9 @@ def test_compare_latency_gives_a_positive_median_per_model():
 # --------------------------------------------------------------------------------------------------------------
 
 
-def tiny_sweep():
+def tiny_budget():
     return replace(
-        experiment.PruningSweep.quick(),
+        experiment.PruningBudget.quick(),
         widths=(4, 8),
         hidden=16,
         dense_epochs=2,
@@ -356,88 +388,191 @@ def tiny_sweep():
         unstructured_ratios=(0.5, 0.9),
         structured_ratios=(0.5, 0.8),
         patiences=(1,),
-        finetune=FinetuneBudget(epochs=1, max_epochs_per_step=1),
+        patience_regimes=("one-shot", "geometric"),
+        patience_ratios=(0.9,),
+        finetune=FinetuneBudget(epochs=1, max_epochs_per_step=2),
         budget_ratio=0.9,
         budget_epochs=(0.5, 1),
         latency_batch=8,
         latency_repeats=2,
-        workers=1,
     )
 
 
 @pytest.fixture(scope="module")
-def swept():
-    return experiment.run_sweep(tiny_sweep(), progress=False)
+def result():
+    import efflab
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EFFLAB_EXECUTOR", "inline")  # the backends agree (tested below); inline is cheapest here
+        return experiment.run_experiment(
+            efflab.setup("quick", "cpu", 0, verbose=False), tiny_budget(), progress=False
+        )
 
 
-def test_sweep_covers_every_configuration_and_seed(swept):
-    sweep = swept.sweep
-    assert len(swept.runs) == len(sweep.configurations()) * sweep.seeds
-    assert set(swept.runs.seed) == {0, 1}
-    main = swept.runs[swept.runs.criterion == "global-magnitude"]
-    assert set(main.curve) == {"one-shot", "constant", "geometric", "hybrid", "patience 1"}
-    assert set(swept.runs[swept.runs.criterion == "random"].curve) == set(sweep.side_regimes)
-    hybrid_low = swept.runs[(swept.runs.curve == "hybrid") & (swept.runs.ratio <= sweep.hybrid_start)]
-    one_shot_low = swept.runs[(swept.runs.curve == "one-shot") & (swept.runs.ratio <= sweep.hybrid_start)]
-    assert sorted(hybrid_low.test_accuracy) == sorted(
-        one_shot_low[one_shot_low.criterion.isin(hybrid_low.criterion)].test_accuracy
+def test_experiment_covers_every_configuration_and_seed(result):
+    budget = result.budget
+    assert len(result.runs) == len(budget.configurations()) * budget.seeds
+    assert len(result.patience) == len(budget.patience_configurations()) * budget.seeds
+    assert set(result.runs.seed) == {0, 1} and result.runs.patience.isna().all()
+    main = result.runs[result.runs.criterion == "global-magnitude"]
+    assert set(main.curve) == set(pruning.REGIMES)
+    assert set(result.runs[result.runs.criterion == "random"].curve) == set(budget.side_regimes)
+    assert set(result.patience.curve) == {"one-shot + patience 1", "geometric + patience 1"}
+    low = result.runs.ratio <= budget.hybrid_start
+    hybrid = result.runs[low & (result.runs.curve == "hybrid")].sort_values(
+        ["granularity", "criterion", "seed", "ratio"]
     )
-    assert (swept.steps.pruned_units == swept.steps.scheduled_units).all()
-    assert set(swept.budget.budget.dropna()) == {0.5, 1.0}
-    assert set(swept.structured_models) == set(sweep.structured_ratios)
+    one_shot = result.runs[low & (result.runs.curve == "one-shot")]
+    one_shot = one_shot[one_shot.criterion.isin(hybrid.criterion)].sort_values(
+        ["granularity", "criterion", "seed", "ratio"]
+    )
+    assert hybrid.test_accuracy.tolist() == one_shot.test_accuracy.tolist()  # hybrid below its start is one-shot
+    assert (result.steps.pruned_units == result.steps.scheduled_units).all()
+    assert np.allclose(result.runs.epochs, budget.finetune.epochs)  # matched: every fixed run spent the budget
+    assert set(result.budget_study.budget.dropna()) == {0.5, 1.0}
+    assert set(result.structured_models) == set(budget.structured_ratios)
+
+
+def test_each_patience_run_has_a_twin_with_exactly_its_epochs(result):
+    patience = result.patience
+    assert np.allclose(patience.twin_epochs, patience.epochs)
+    cap = result.budget.finetune.max_epochs_per_step
+    assert (patience.epochs <= patience.pruning_steps * cap + 1e-9).all()
+    assert (patience.capped_phases <= patience.pruning_steps).all()
 
 
 @pytest.mark.parametrize(
-    ("granularity", "criterion", "regime", "ratio"),
-    [("unstructured", "global-magnitude", "geometric", 0.9), ("structured", "l2", "patience", 0.8)],
+    ("granularity", "criterion", "regime", "ratio", "patience"),
+    [
+        ("unstructured", "global-magnitude", "geometric", 0.9, None),
+        ("structured", "l2", "constant", 0.8, None),
+        ("unstructured", "global-magnitude", "one-shot", 0.9, 1),
+    ],
 )
-def test_rerun_reproduces_the_stored_run(swept, granularity, criterion, regime, ratio):
-    run = swept.rerun(seed=1, granularity=granularity, criterion=criterion, regime=regime, ratio=ratio)
-    stored = rows_of(swept.runs, seed=1, granularity=granularity, criterion=criterion, regime=regime, ratio=ratio)
-    assert run.test_accuracy == stored.test_accuracy.iloc[0]
-    assert run.steps.to_dict("records") == rows_of(
-        swept.steps, seed=1, granularity=granularity, criterion=criterion, regime=regime, ratio=ratio
-    )[list(run.steps.columns)].to_dict("records")
-
-
-def test_worker_processes_give_the_same_tables_as_this_process(swept):
-    """The sweep's runs may be shared among processes; each run depends only on its inputs, so nothing changes."""
-    sweep = replace(
-        tiny_sweep(),
-        seeds=1,
-        unstructured_ratios=(0.9,),
-        structured_ratios=(0.5,),
-        criteria=(("unstructured", ("global-magnitude",)), ("structured", ("l2",))),
-        regimes=("one-shot", "geometric"),
-        budget_epochs=(1,),
-        workers=2,
+def test_rerun_reproduces_the_stored_run(result, granularity, criterion, regime, ratio, patience):
+    run = result.rerun(
+        seed=1, granularity=granularity, criterion=criterion, regime=regime, ratio=ratio, patience=patience
     )
-    parallel = experiment.run_sweep(sweep, progress=False)
-    serial = experiment.run_sweep(replace(sweep, workers=1), progress=False)
-    for name in ("runs", "steps", "layers"):
-        pd.testing.assert_frame_equal(getattr(parallel, name), getattr(serial, name))
-    assert set(parallel.structured_models) == {0.5}
+    table = result.runs if patience is None else result.patience
+    stored = rows_of(table, seed=1, granularity=granularity, criterion=criterion, regime=regime, ratio=ratio)
+    assert run.test_accuracy == stored.test_accuracy.iloc[0] and run.epochs == stored.epochs.iloc[0]
 
 
-def test_rerun_checks_its_inputs(swept):
+def test_processes_give_the_same_results_as_inline(result):
+    """A task carries its seed, configuration and dense state dict, so where it runs changes nothing."""
+    tasks = [t for t in experiment.build_tasks(result.budget, result.dense_states) if t.kind == "patience"][:2]
+    inline = [experiment.prune_one(t) for t in tasks]
+    pooled = experiment.run_all(experiment.prune_one, tasks, backend="processes", workers=2, progress=False)
+    assert [o["row"] for o in inline] == [o["row"] for o in pooled]
+    assert [o["steps"] for o in inline] == [o["steps"] for o in pooled]
+
+
+def test_rerun_checks_its_inputs(result):
     with pytest.raises(ValueError, match="seed"):
-        swept.rerun(seed=7, granularity="unstructured", criterion="random", regime="one-shot", ratio=0.5)
+        result.rerun(seed=7, granularity="unstructured", criterion="random", regime="one-shot", ratio=0.5)
     with pytest.raises(ValueError, match="criterion"):
-        swept.rerun(seed=0, granularity="structured", criterion="random", regime="one-shot", ratio=0.5)
+        result.rerun(seed=0, granularity="structured", criterion="random", regime="one-shot", ratio=0.5)
+    with pytest.raises(ValueError, match="patience"):
+        result.rerun(seed=0, granularity="structured", criterion="l2", regime="one-shot", ratio=0.5, patience=-1)
 
 
-def test_summary_costs_and_paper_rows(swept):
-    costs = experiment.structured_costs(swept)
-    assert costs.loc["dense", "flop_ratio"] == 1.0
-    assert (costs.drop(index="dense").parameter_ratio < 1).all() and (
-        costs.drop(index="dense").flop_ratio < 1
-    ).all()
-    summary = experiment.summarize(swept, costs)
+def test_summary_is_plain_data_that_matches_the_tables(result):
+    import json
+
+    summary = result.summary()
+    json.dumps(summary)
+    runs = result.runs
+    for curve, by_ratio in summary["unstructured"]["accuracy"].items():
+        for ratio, values in by_ratio.items():
+            rows = rows_of(runs, granularity="unstructured", criterion="global-magnitude", curve=curve)
+            rows = rows[np.isclose(rows.ratio, float(ratio))].sort_values("seed")
+            assert values == rows.test_accuracy.tolist()
+    for curve, by_ratio in summary["patience"].items():
+        for ratio, cell in by_ratio.items():
+            rows = result.patience[
+                (result.patience.curve == curve) & np.isclose(result.patience.ratio, float(ratio))
+            ]
+            assert cell["twin_accuracy"] == rows.sort_values("seed").twin_test_accuracy.tolist()
+    assert summary["test_images"] == len(load_digits(0).test)
     assert set(summary["structured_costs"]) == {"0.5", "0.8"}
-    rows = experiment.paper_rows(summary, summary)
-    assert all(row["this_run"] and row["full_run"] == row["this_run"] for row in rows)
-    note = experiment.closing_note(summary, 61.0, "quick")
-    assert "61 s" in note and "latency" in note and "iterative is better at high pruning ratios" in note
+    assert all(c["parameter_ratio"] < 1 and c["flop_ratio"] < 1 for c in summary["structured_costs"].values())
+
+
+def test_paper_rows_put_the_committed_run_in_its_own_column(result):
+    summary = result.summary()
+    other = copy.deepcopy(summary)
+    other["unstructured"]["accuracy"]["one-shot"]["0.5"] = [1.0, 1.0]  # a different full-mode run
+    table = experiment.paper_rows(summary, other)
+    full = [c for c in table.columns if c.startswith("full-mode")][0]
+    row = "one-shot minus best iterative, lowest ratio (unstructured)"
+    assert table.loc[row, "this run"] != table.loc[row, full]
+    assert "one-shot −" in table.loc[row, full]
+    alone = experiment.paper_rows(summary, None)
+    assert (alone[full] == "n/a").all()
+    assert (
+        "patience-based pruning is advocated"
+        in alone.loc["geometric + patience 1: accuracy gained by patience at equal epochs", "paper"]
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# findings(): a phrasing for every outcome, on synthetic summaries
+# --------------------------------------------------------------------------------------------------------------
+
+
+def synthetic_summary(low_gap, high_gap, patience_gap):
+    """Two seeds, ratios 0.5 and 0.9. ``low_gap``/``high_gap``: one-shot minus every iterative schedule per seed;
+    ``patience_gap``: patience minus its twin per seed."""
+    base = 0.8
+
+    def part():
+        accuracy = {}
+        for curve in ("one-shot", "constant", "geometric", "hybrid"):
+            sign = 0 if curve == "one-shot" else 1
+            accuracy[curve] = {
+                "0.5": [base - sign * g for g in low_gap] if curve != "hybrid" else [base] * 2,
+                "0.9": [base - sign * g for g in high_gap],
+            }
+        return {"criterion": "x", "ratios": [0.5, 0.9], "accuracy": accuracy}
+
+    cell = {"accuracy": [0.7 + g for g in patience_gap], "twin_accuracy": [0.7, 0.7], "epochs": [9.0, 11.0]}
+    return {
+        "seeds": [0, 1],
+        "test_images": 100,
+        "hybrid_start": 0.7,
+        "fixed_budget_epochs": 5.0,
+        "unstructured": part(),
+        "structured": part(),
+        "patience": {"geometric + patience 2": {"0.9": {**cell, "capped_phases": 0, "phases": 10}}},
+    }
+
+
+def test_findings_agree_when_every_seed_goes_the_papers_way():
+    text = experiment.findings(synthetic_summary([0.05, 0.04], [-0.1, -0.2], [0.03, 0.02]))
+    lines = text.splitlines()
+    assert sum("agrees with the paper" in line for line in lines) == 2 + 2 + 1 + 0  # low/high x 2, patience
+    assert "disagrees" not in text and "mixed" not in text
+    assert "10.0 epochs on average" in text  # the epochs patience really used
+
+
+def test_findings_disagree_when_every_seed_goes_the_other_way():
+    text = experiment.findings(synthetic_summary([-0.05, -0.04], [0.1, 0.2], [-0.03, -0.02]))
+    assert text.count("disagrees with the paper") == 5 + 1  # and hybrid, behind geometric here
+    assert "never catches up" in text  # geometric stays behind one-shot at the top ratio
+
+
+def test_findings_say_mixed_and_tie():
+    text = experiment.findings(synthetic_summary([0.05, -0.05], [0.0, 0.001], [0.03, -0.03]))
+    lines = text.splitlines()
+    assert "mixed across seeds" in lines[0] and "mixed across seeds" in lines[-2]
+    assert "cannot tell the two apart" in lines[1]  # within half a test image (0.005) in every seed
+
+
+def test_verdict_counts_seeds_against_a_tolerance():
+    assert experiment.verdict([0.1, 0.2], 0.01) == "agrees"
+    assert experiment.verdict([-0.1, 0.005], 0.01) == "disagrees"
+    assert experiment.verdict([-0.1, 0.1], 0.01) == "mixed"
+    assert experiment.verdict([0.001, -0.002], 0.01) == "tie"
 
 
 def test_crossover_ratio_cases():
@@ -451,22 +586,21 @@ def test_crossover_ratio_cases():
         experiment.crossover_ratio(ratios, [0.9], [0.8])
 
 
-def test_sweep_budgets_are_valid_and_checked():
-    quick, full = experiment.PruningSweep.quick(), experiment.PruningSweep.full()
-    assert quick.seeds >= 3 and full.seeds > quick.seeds
-    assert quick.unstructured_ratios[0] == 0.5 and quick.unstructured_ratios[-1] == 0.98
-    assert full.patiences == (3, 10, 30) and len(full.unstructured_ratios) > len(quick.unstructured_ratios)
+def test_budgets_are_checked():
+    quick = experiment.PruningBudget.quick()
+    assert {"one-shot", "constant", "geometric"} <= set(quick.patience_regimes)  # patience beside each schedule
+    assert "PruningBudget(" in quick.describe()
     with pytest.raises(ValueError, match="unstructured_ratios"):
         replace(quick, unstructured_ratios=(0.9, 0.5))
     with pytest.raises(ValueError, match="patience"):
         replace(quick, patiences=(-1,))
+    with pytest.raises(ValueError, match="patience_ratios"):
+        replace(quick, patience_ratios=(0.61,))  # not on the unstructured grid
+    with pytest.raises(ValueError, match="budget_ratio"):
+        replace(quick, budget_ratio=0.61)
     with pytest.raises(ValueError, match="criterion"):
         replace(quick, criteria=(("structured", ("random",)),))
-    assert "digits" in quick.describe()
-
-
-def test_canvas_data_is_normalised_with_train_statistics():
-    sweep = replace(experiment.PruningSweep.quick(), dataset="canvas", canvas_size=16)
-    data = experiment.load_data(sweep, 0)
-    assert data.train.x.shape[1:] == (1, 16, 16) and sweep.model_config().image_size == 16
-    assert abs(float(data.train.x.mean())) < 1e-4 and abs(float(data.train.x.std()) - 1) < 1e-3
+    with pytest.raises(ValueError, match="patience_regimes"):
+        replace(quick, patience_regimes=("patience",))
+    with pytest.raises(ValueError, match="run"):
+        experiment.run_experiment(object(), quick)

@@ -12,23 +12,49 @@ LAYERS = ("features.0.conv", "classifier.hidden", "classifier.out")
 
 
 def fake_tables():
-    """Runs and layer tables shaped like run_sweep's, with made-up accuracies."""
+    """Fixed-budget runs and layer tables shaped like PruningResult's, with made-up accuracies."""
     runs, layers = [], []
     configs = [("unstructured", "global-magnitude", c, (0.5, 0.8, 0.95)) for c in ("one-shot", "geometric")]
-    configs += [("unstructured", "global-magnitude", "patience 2", (0.5, 0.8, 0.95))]
     configs += [("unstructured", "random", "one-shot", (0.5, 0.8, 0.95))]
     configs += [("structured", "l2", c, (0.3, 0.7)) for c in ("one-shot", "geometric")]
     for (granularity, criterion, curve, ratios), seed in itertools.product(configs, (0, 1, 2)):
         for ratio in ratios:
-            regime = "patience" if curve.startswith("patience") else curve
-            key = dict(
-                seed=seed, granularity=granularity, criterion=criterion, curve=curve, regime=regime, ratio=ratio
-            )
-            key["patience"] = 2.0 if regime == "patience" else np.nan
+            key = dict(seed=seed, granularity=granularity, criterion=criterion, curve=curve, regime=curve)
+            key.update(ratio=ratio, patience=np.nan)
             accuracy = 1 - ratio * (0.5 if curve == "one-shot" else 0.6) + 0.01 * seed
-            runs.append({**key, "test_accuracy": accuracy, "epochs": 20.0 if regime == "patience" else 10.0})
+            runs.append({**key, "test_accuracy": accuracy, "epochs": 10.0})
             layers += [{**key, "layer": name, "sparsity": ratio * (i + 1) / 3} for i, name in enumerate(LAYERS)]
     return pd.DataFrame(runs), pd.DataFrame(layers)
+
+
+def fake_result(rerun=None):
+    """A stand-in for PruningResult: the tables, a patience run of geometric at 0.8, and a recorded rerun."""
+    runs, layers = fake_tables()
+    patience, extra_layers = [], []
+    for seed in (0, 1, 2):
+        key = dict(seed=seed, granularity="unstructured", criterion="global-magnitude", regime="geometric")
+        key.update(curve="geometric + patience 2", patience=2, ratio=0.8)
+        patience.append({**key, "test_accuracy": 0.7 + 0.01 * seed, "twin_test_accuracy": 0.6, "epochs": 14.0})
+        extra_layers += [{**key, "layer": name, "sparsity": 0.2 * (i + 1)} for i, name in enumerate(LAYERS)]
+    calls = []
+
+    def default_rerun(**values):
+        calls.append(values)
+        for epoch in range(1, 6):
+            values["on_epoch"](float(epoch))
+        return SimpleNamespace(test_accuracy=0.5, epochs=5.0)
+
+    return SimpleNamespace(
+        runs=runs,
+        patience=pd.DataFrame(patience),
+        layers=pd.concat([layers, pd.DataFrame(extra_layers)], ignore_index=True),
+        dense=pd.DataFrame({"seed": [0, 1, 2], "test_accuracy": [0.98, 0.97, 0.99]}),
+        budget=SimpleNamespace(main_criteria=(("unstructured", "global-magnitude"), ("structured", "l2"))),
+        seeds=(0, 1, 2),
+        rerun=rerun or default_rerun,
+        expected_epochs=lambda patience: 5.0 if patience is None else 20.0,
+        calls=calls,
+    )
 
 
 def test_accuracy_vs_ratio_draws_a_band_per_curve_and_marks_the_chosen_point():
@@ -43,7 +69,7 @@ def test_accuracy_vs_ratio_draws_a_band_per_curve_and_marks_the_chosen_point():
         highlight=("geometric", 0.8),
     )
     names = [t.name for t in figure.data if t.name]
-    assert names[:3] == ["one-shot (n=3)", "geometric (n=3)", "patience 2 (n=3)"]
+    assert names[:2] == ["one-shot (n=3)", "geometric (n=3)"]
     star = figure.data[-1]
     assert star.x == (0.8,) and star.y[0] == pytest.approx(1 - 0.8 * 0.6 + 0.01)
     assert any(shape.type == "rect" for shape in figure.layout.shapes)  # the crossover region
@@ -67,7 +93,13 @@ def test_budget_view_lines_for_fixed_budgets_points_for_patience():
             for b in (5.0, 10.0)
         ]
         + [
-            {"seed": s, "curve": "patience 2", "budget": np.nan, "epochs": 17.0 + s, "test_accuracy": 0.6}
+            {
+                "seed": s,
+                "curve": "geometric + patience 2",
+                "budget": np.nan,
+                "epochs": 17.0 + s,
+                "test_accuracy": 0.6,
+            }
             for s in (0, 1)
         ]
     )
@@ -99,63 +131,68 @@ def test_staircase_layer_bars_and_costs():
     assert [list(t.y) for t in figure.data] == [[0.3], [0.25], [0.6]]
 
 
-def test_playground_controls_update_its_state():
-    runs, layers = fake_tables()
-    playground = pruning_plots.pruning_playground(runs, layers, dense_accuracy=0.99)
-    controls = playground.controls
+def test_playground_controls_each_change_what_is_shown():
+    result = fake_result()
+    play = pruning_plots.playground(result)
+    controls = play.controls
     assert set(controls) == {"ratio", "granularity", "criterion", "regime", "patience"}
-    assert controls["criterion"].value == "global-magnitude"  # the criterion with the most regimes comes first
-    renders = playground.explorer.renders
+    renders = play.renders
     controls["ratio"].value = 0.95
-    assert playground.chosen["ratio"] == 0.95 and playground.explorer.renders == renders + 1
-    assert isinstance(playground.last, go.Figure)
-    star = [t for t in playground.last.data if (t.name or "").startswith("chosen")][0]
+    assert play.renders == renders + 1 and isinstance(play.last, go.Figure)
+    star = [t for t in play.last.data if (t.name or "").startswith("chosen")][0]
     assert star.x == (0.95,)
-    bars = [t for t in playground.last.data if t.type == "bar"][0]
+    bars = [t for t in play.last.data if t.type == "bar"][0]
     assert list(bars.y) == pytest.approx([0.95 / 3, 0.95 * 2 / 3, 0.95])  # that model's per-layer sparsity
+    # geometric at 0.95, seeds 0..2: 1 - 0.95 * 0.6 + 0.01 * seed
+    assert f"test accuracy {1 - 0.57 + 0.01:.3f}" in play.status.value
 
-    controls["regime"].value = "patience"
-    assert playground.chosen["curve"] == "patience 2"
+    controls["regime"].value = "one-shot"
+    assert "one-shot, global-magnitude, ratio 0.95" in play.status.value
+
+    controls["ratio"].value = 0.8
+    controls["regime"].value = "geometric"
+    controls["patience"].value = 2  # the patience run and its twin are shown, per seed
+    assert play.status.value.startswith("geometric + patience 2")
+    assert "twin 0.600" in play.status.value
+    twins = [t for t in play.last.data if (t.name or "").startswith("equal-epochs twin")][0]
+    assert list(twins.y) == [0.6, 0.6, 0.6]
+
+    controls["ratio"].value = 0.5  # no patience run there: the fixed budget is shown, and the status says so
+    assert "showing the fixed budget" in play.status.value and "run only" in play.status.value
+
+    controls["patience"].value = "off"
     controls["criterion"].value = "random"  # random ran one-shot only: falls back, and says so
-    assert playground.chosen["curve"] == "one-shot" and playground.chosen["notes"]
+    assert "geometric was not run with random: showing one-shot" in play.status.value
 
-    controls["granularity"].value = "structured"  # criteria follow the granularity; the ratio snaps
-    assert list(controls["criterion"].options) == ["l2"]
-    assert playground.chosen["criterion"] == "l2" and playground.chosen["ratio"] == 0.7
-    assert "showing 0.7" in playground.last.layout.title.text
+    controls["granularity"].value = "structured"  # random is not structured; the ratio snaps to the grid
+    assert "random is not a structured criterion: showing l2" in play.status.value
+    assert "structured runs exist at 0.3, 0.7: showing 0.7" in play.status.value
 
 
-def test_rerun_button_runs_the_chosen_configuration_with_a_progress_bar():
-    runs, layers = fake_tables()
-    calls = []
-
-    def rerun(*, seed, granularity, criterion, regime, ratio, patience, on_epoch):
-        calls.append(dict(seed=seed, granularity=granularity, criterion=criterion, regime=regime, ratio=ratio))
-        for epoch in range(1, 11):
-            on_epoch(float(epoch))
-        return SimpleNamespace(test_accuracy=0.5, epochs=10.0)
-
-    playground = pruning_plots.pruning_playground(
-        runs, layers, rerun=rerun, expected_epochs=lambda regime: 10.0, seed=1
+def test_playground_button_reruns_the_shown_configuration_with_progress():
+    result = fake_result()
+    play = pruning_plots.playground(result)
+    play.controls["ratio"].value = 0.8
+    play.controls["regime"].value = "geometric"
+    play.run_action()
+    (call,) = result.calls
+    assert {k: call[k] for k in ("seed", "granularity", "criterion", "regime", "ratio", "patience")} == dict(
+        seed=0,
+        granularity="unstructured",
+        criterion="global-magnitude",
+        regime="geometric",
+        ratio=0.8,
+        patience=None,
     )
-    playground.controls["regime"].value = "geometric"
-    playground.controls["ratio"].value = 0.8
-    assert playground.progress.value == 0
-    playground.click()
-    assert calls == [
-        dict(seed=1, granularity="unstructured", criterion="global-magnitude", regime="geometric", ratio=0.8)
-    ]
-    assert playground.progress.value == playground.progress.max == 10.0
-    assert playground.progress.bar_style == "success" and not playground.button.disabled
-    assert "0.500" in playground.status.value and "0.530" in playground.status.value  # live beside stored
-    assert playground.last_rerun.test_accuracy == 0.5
+    assert play.progress.value == 1.0 and play.actions_run == 1
+    stored = 1 - 0.8 * 0.6  # seed 0's stored run
+    assert "0.500" in play.status.value and f"{stored:.3f}" in play.status.value
 
 
-def test_playground_without_a_rerun_has_a_disabled_button():
-    runs, layers = fake_tables()
-    playground = pruning_plots.pruning_playground(runs, layers)
-    assert playground.button.disabled
-    playground.click()
-    assert playground.last_rerun is None
-    with pytest.raises(ValueError, match="runs"):
-        pruning_plots.pruning_playground(runs.iloc[:0], layers)
+def test_playground_reports_a_failed_rerun():
+    def broken(**values):
+        raise ValueError("seed=9 is not allowed")
+
+    play = pruning_plots.playground(fake_result(rerun=broken))
+    play.run_action()
+    assert "not run" in play.status.value and "seed=9" in play.status.value

@@ -1,29 +1,28 @@
 """Figures and the playground of notebook 01 (one-shot vs iterative pruning).
 
-Every function here takes the tables that :func:`efflab.pruning.experiment.run_sweep` returns (plain pandas
-frames) and draws them; nothing here prunes or trains. The playground's re-run button calls a function the
-notebook hands in, so the heavy work stays in the technique module and this module stays a viewer.
+Every function here takes the tables of :class:`efflab.pruning.experiment.PruningResult` (plain pandas frames)
+and draws them; nothing here prunes or trains. The playground's button calls ``result.rerun``, so the heavy work
+stays in the experiment module and this module stays a viewer.
 
 Tables used (one row each):
 
 * ``runs``: a pruned model; columns seed, granularity, criterion, curve, ratio, test_accuracy, epochs;
 * ``layers``: a layer of a pruned model; the ``runs`` keys plus layer and sparsity;
-* ``budget``: a run of the budget study; curve, budget, epochs, test_accuracy, seed.
+* ``budget_study``: a run of the budget study; curve, budget (NaN for patience runs), epochs, test_accuracy, seed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
-import ipywidgets as widgets
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from IPython.display import display
 from plotly.subplots import make_subplots
 
 from efflab.ui import plots
-from efflab.ui.widgets import Explorer, dropdown, slider
+from efflab.ui.widgets import Playground, dropdown, slider
+from efflab.ui.widgets import playground as widget_playground
 
 # One colour per curve everywhere in the notebook, so a regime looks the same in every figure.
 CURVE_ORDER = ("one-shot", "constant", "geometric", "hybrid")
@@ -250,7 +249,7 @@ def budget_view(budget: pd.DataFrame, *, ratio: float, dense_accuracy: float | N
             y=rows.test_accuracy,
             mode="markers",
             marker=dict(size=10, symbol="diamond", color=curve_color(curve)),
-            name=f"{curve}, geometric steps (one point per seed)",
+            name=f"{curve} (one point per seed, at the epochs it used)",
         )
     if dense_accuracy is not None:
         figure.add_hline(y=dense_accuracy, line_dash="dot", line_color="gray", annotation_text="dense")
@@ -312,198 +311,165 @@ def structured_cost_bars(costs: pd.DataFrame) -> go.Figure:
     )
 
 
-class PruningPlayground:
-    """Controls over precomputed results, plus a button that re-runs the chosen configuration live.
+def _status_point(rows: pd.DataFrame) -> str:
+    accuracy = rows.test_accuracy
+    return (
+        f"test accuracy {accuracy.mean():.3f} (min {accuracy.min():.3f}, max {accuracy.max():.3f}, "
+        f"n={len(accuracy)}) after {rows.epochs.mean():.1f} fine-tuning epochs"
+    )
 
-    ``controls``: ratio, granularity, criterion, regime, patience. Any change redraws, at once, the
-    accuracy-vs-ratio curves with the chosen point highlighted and that model's per-layer sparsity. The button
-    calls ``rerun(granularity=..., criterion=..., regime=..., ratio=..., patience=..., on_epoch=...)``, which must
-    return an object with ``test_accuracy`` and ``epochs``; its progress fills the bar.
+
+def resolve(result, ratio, granularity, criterion, regime, patience) -> dict:
+    """The precomputed run shown for these control values, and a note for everything that was substituted.
+
+    A ratio snaps to the nearest one this granularity was run at; a criterion of the other granularity falls back
+    to this granularity's main one; a schedule a side criterion did not run falls back to one-shot; a patience
+    run exists only on the main unstructured criterion at the patience ratios, elsewhere the fixed-budget run
+    is shown.
     """
-
-    def __init__(
-        self,
-        runs: pd.DataFrame,
-        layers: pd.DataFrame,
-        *,
-        dense_accuracy: float | None = None,
-        rerun: Callable | None = None,
-        expected_epochs: Callable[[str], float] | None = None,
-        seed: int | None = None,
-    ):
-        if runs.empty:
-            raise ValueError("runs is empty; expected the sweep's rows")
-        self.runs, self.layers, self.dense_accuracy = runs, layers, dense_accuracy
-        self.seed = int(runs.seed.min()) if seed is None else seed
-        self._rerun, self._expected_epochs = rerun, expected_epochs
-        granularities = list(dict.fromkeys(runs.granularity))
-        patiences = sorted(int(p) for p in runs.patience.dropna().unique())
-        regimes = [r for r in ("one-shot", "constant", "geometric", "hybrid", "patience") if r in set(runs.regime)]
-        criterion = dropdown("criterion", self._criteria(granularities[0]))
-        granularity = dropdown("granularity", granularities)
-        granularity.observe(self._on_granularity, names="value")  # before the explorer's observer: options first
-        self._criterion = criterion
-        self.explorer = Explorer(
-            self.render,
-            {
-                "ratio": slider("ratio", sorted(runs.ratio.unique()), value=self._default_ratio()),
-                "granularity": granularity,
-                "criterion": criterion,
-                "regime": dropdown("regime", regimes, value="geometric" if "geometric" in regimes else None),
-                "patience": dropdown("patience", patiences or [None]),
-            },
-        )
-        self.progress = widgets.FloatProgress(value=0, min=0, max=1, description="live re-run")
-        self.button = widgets.Button(description="Re-run this configuration", icon="play", disabled=rerun is None)
-        self.status = widgets.HTML()
-        self.button.on_click(self._on_click)
-        self.last_rerun = None
-        self.widget = widgets.VBox([self.explorer.widget, widgets.HBox([self.button, self.progress]), self.status])
-
-    @property
-    def controls(self) -> dict:
-        return self.explorer.controls
-
-    @property
-    def last(self) -> go.Figure:
-        return self.explorer.last
-
-    def _criteria(self, granularity: str) -> list[str]:
-        """This granularity's criteria, the one run with the most regimes (the main criterion) first."""
-        rows = select(self.runs, granularity=granularity)
-        counts = rows.groupby("criterion", sort=False).curve.nunique()
-        return list(counts.sort_values(ascending=False, kind="stable").index)
-
-    def _default_ratio(self) -> float:
-        ratios = sorted(self.runs.ratio.unique())
-        return ratios[len(ratios) // 2]
-
-    def _on_granularity(self, change) -> None:
-        self._criterion.options = self._criteria(change["new"])
-
-    def resolve(self, ratio, granularity, criterion, regime, patience) -> dict:
-        """The precomputed configuration shown for these control values, and any note on what was substituted.
-
-        Ratios snap to the nearest ratio this granularity was run at; a regime not run with this criterion (the
-        side criteria run fewer regimes) falls back to one-shot.
-        """
-        notes = []
-        rows = select(self.runs, granularity=granularity)
-        if criterion not in set(rows.criterion):
-            notes.append(f"criterion {criterion} is not a {granularity} criterion")
-            criterion = self._criteria(granularity)[0]
-        rows = select(rows, criterion=criterion)
-        available = sorted(rows.ratio.unique())
-        snapped = min(available, key=lambda r: abs(r - ratio))
-        if snapped != ratio:
+    runs, notes = result.runs, []
+    main = dict(result.budget.main_criteria)
+    rows = select(runs, granularity=granularity)
+    if criterion not in set(rows.criterion):
+        notes.append(f"{criterion} is not a {granularity} criterion: showing {main[granularity]}")
+        criterion = main[granularity]
+    rows = select(rows, criterion=criterion)
+    available = sorted(rows.ratio.unique())
+    snapped = min(available, key=lambda r: abs(r - ratio))
+    if snapped != ratio:
+        notes.append(f"{granularity} runs exist at {', '.join(f'{r:g}' for r in available)}: showing {snapped:g}")
+    if regime not in set(rows.regime):
+        notes.append(f"{regime} was not run with {criterion}: showing one-shot")
+        regime = "one-shot"
+    if patience != "off":
+        found = select(result.patience, criterion=criterion, regime=regime, ratio=snapped, patience=patience)
+        if result.patience.empty or found.empty or granularity != "unstructured":
+            where = sorted(result.patience.ratio.unique()) if not result.patience.empty else []
             notes.append(
-                f"{granularity} runs exist at {', '.join(f'{r:g}' for r in available)}: showing {snapped:g}"
+                f"{regime} with patience {patience} was run only unstructured, {main['unstructured']}, at "
+                f"{', '.join(f'{r:g}' for r in where) or 'no ratio'}: showing the fixed budget"
             )
-        curve = f"patience {patience}" if regime == "patience" else regime
-        if curve not in set(rows.curve):
-            notes.append(f"{curve} was not run with {criterion} in this mode: showing one-shot")
-            curve = "one-shot"
-        return dict(granularity=granularity, criterion=criterion, curve=curve, ratio=snapped, notes=notes)
+            patience = "off"
+    return dict(
+        granularity=granularity, criterion=criterion, regime=regime, ratio=snapped, patience=patience, notes=notes
+    )
 
-    def render(self, ratio, granularity, criterion, regime, patience) -> go.Figure:
-        chosen = self.resolve(ratio, granularity, criterion, regime, patience)
-        key = {k: chosen[k] for k in ("granularity", "criterion", "curve", "ratio")}
-        point = select(self.runs, **key)
-        layer_rows = select(self.layers, **key)
-        accuracy = point.test_accuracy
-        figure = make_subplots(
-            rows=1,
-            cols=2,
-            column_widths=[0.62, 0.38],
-            subplot_titles=("accuracy vs ratio (band: min-max over seeds)", "per-layer pruned fraction"),
-        )
-        curves = accuracy_vs_ratio(
-            self.runs,
-            chosen["granularity"],
-            chosen["criterion"],
-            dense_accuracy=self.dense_accuracy,
-            highlight=(chosen["curve"], chosen["ratio"]),
-        )
-        for trace in curves.data:
-            figure.add_trace(trace, row=1, col=1)
-        means = layer_rows.groupby("layer", sort=False).sparsity.mean()
-        figure.add_bar(
-            x=list(means.index),
-            y=list(means),
-            marker_color=curve_color(chosen["curve"]),
-            showlegend=False,
+
+def playground_view(result, ratio, granularity, criterion, regime, patience) -> tuple[go.Figure, str]:
+    """The playground's answer: curves with the chosen run marked, its per-layer bars, and a status sentence."""
+    chosen = resolve(result, ratio, granularity, criterion, regime, patience)
+    key = {k: chosen[k] for k in ("granularity", "criterion", "regime", "ratio")}
+    if chosen["patience"] == "off":
+        point = select(result.runs, curve=chosen["regime"], **key)
+        curve = chosen["regime"]
+    else:
+        point = select(result.patience, patience=chosen["patience"], **key)
+        curve = point.curve.iloc[0]
+    layer_rows = select(result.layers, curve=curve, **{k: key[k] for k in ("granularity", "criterion", "ratio")})
+    dense = float(result.dense.test_accuracy.mean())
+    figure = make_subplots(
+        rows=1,
+        cols=2,
+        column_widths=[0.62, 0.38],
+        subplot_titles=("accuracy vs ratio (band: min-max over seeds)", "per-layer pruned fraction"),
+    )
+    curves = accuracy_vs_ratio(
+        result.runs,
+        chosen["granularity"],
+        chosen["criterion"],
+        dense_accuracy=dense,
+        highlight=(chosen["regime"], chosen["ratio"]) if chosen["patience"] == "off" else None,
+    )
+    for trace in curves.data:
+        figure.add_trace(trace, row=1, col=1)
+    if chosen["patience"] != "off":
+        twin = point.twin_test_accuracy
+        figure.add_scatter(
+            x=[chosen["ratio"]] * len(point),
+            y=point.test_accuracy,
+            mode="markers",
+            marker=dict(size=12, symbol="star", color=curve_color(curve), line=dict(width=1, color="black")),
+            name=f"{curve} (per seed)",
             row=1,
-            col=2,
+            col=1,
         )
-        if self.dense_accuracy is not None:
-            figure.add_hline(y=self.dense_accuracy, line_dash="dot", line_color="gray", row=1, col=1)
-        headline = (
-            f"{chosen['curve']}, {chosen['criterion']}, ratio {chosen['ratio']:g}: test accuracy "
-            f"{accuracy.mean():.3f} (min {accuracy.min():.3f}, max {accuracy.max():.3f}, n={len(accuracy)}); "
-            f"{point.epochs.mean():.0f} fine-tuning epochs"
+        figure.add_scatter(
+            x=[chosen["ratio"]] * len(point),
+            y=twin,
+            mode="markers",
+            marker=dict(size=10, symbol="x", color="black"),
+            name="equal-epochs twin (per seed)",
+            row=1,
+            col=1,
         )
-        figure.update_layout(
-            title=dict(
-                text=headline + ("<br><sup>" + "; ".join(chosen["notes"]) + "</sup>" if chosen["notes"] else "")
-            ),
-            template=plots.TEMPLATE,
-            height=430,
-            margin=dict(l=60, r=20, t=90, b=50),
-            legend=dict(orientation="h", yanchor="top", y=-0.15, x=0),
+    means = layer_rows.groupby("layer", sort=False).sparsity.mean()
+    figure.add_bar(
+        x=list(means.index), y=list(means), marker_color=curve_color(curve), showlegend=False, row=1, col=2
+    )
+    figure.update_layout(
+        template=plots.TEMPLATE,
+        height=430,
+        margin=dict(l=60, r=20, t=60, b=50),
+        legend=dict(orientation="h", yanchor="top", y=-0.15, x=0),
+    )
+    figure.update_yaxes(range=[0, 1.02], row=1, col=1)
+    figure.update_yaxes(range=[0, 1], row=1, col=2)
+    figure.update_xaxes(title_text="pruning ratio", row=1, col=1)
+    status = f"{curve}, {chosen['criterion']}, ratio {chosen['ratio']:g}: {_status_point(point)}"
+    if chosen["patience"] != "off":
+        status += f"; its equal-epochs twin {point.twin_test_accuracy.mean():.3f}"
+    if chosen["notes"]:
+        status += " (" + "; ".join(chosen["notes"]) + ")"
+    return figure, status
+
+
+def playground(result) -> Playground:
+    """Ratio, granularity, criterion, schedule and patience over the precomputed runs; the button prunes the
+    first seed's dense model along the shown configuration, live, and compares it with the stored run."""
+    runs = result.runs
+    ratios = sorted(set(runs.ratio))
+    patiences = (
+        ["off", *sorted(int(p) for p in result.patience.patience.unique())] if len(result.patience) else ["off"]
+    )
+    criteria = list(dict.fromkeys(runs.criterion))
+    regimes = [r for r in ("one-shot", "constant", "geometric", "hybrid") if r in set(runs.regime)]
+    seed = result.seeds[0]
+
+    def render(ratio, granularity, criterion, regime, patience):
+        return playground_view(result, ratio, granularity, criterion, regime, patience)
+
+    def action(values, report):
+        chosen = resolve(result, **values)
+        patience = None if chosen["patience"] == "off" else int(chosen["patience"])
+        total = result.expected_epochs(patience)
+        run = result.rerun(
+            seed=seed,
+            granularity=chosen["granularity"],
+            criterion=chosen["criterion"],
+            regime=chosen["regime"],
+            ratio=chosen["ratio"],
+            patience=patience,
+            on_epoch=lambda epochs: report(min(epochs / total, 1.0), f"fine-tuning: {epochs:.1f} epochs"),
         )
-        figure.update_yaxes(range=[0, 1.02], row=1, col=1)
-        figure.update_yaxes(range=[0, 1], row=1, col=2)
-        figure.update_xaxes(title_text="pruning ratio", row=1, col=1)
-        self.chosen = chosen
-        return figure
-
-    def _on_click(self, _button=None) -> None:
-        if self._rerun is None:
-            return
-        values = self.explorer.values
-        chosen = self.resolve(**values)
-        regime = "patience" if chosen["curve"].startswith("patience") else chosen["curve"]
-        self.progress.value = 0
-        self.progress.max = float(self._expected_epochs(regime)) if self._expected_epochs else 1.0
-        self.progress.bar_style = ""
-        self.button.disabled = True
-        self.status.value = "running…"
-
-        def on_epoch(epochs: float) -> None:
-            self.progress.value = min(epochs, self.progress.max)
-
-        try:
-            result = self._rerun(
-                seed=self.seed,
-                granularity=chosen["granularity"],
-                criterion=chosen["criterion"],
-                regime=regime,
-                ratio=chosen["ratio"],
-                patience=values["patience"] if regime == "patience" else None,
-                on_epoch=on_epoch,
-            )
-        finally:
-            self.button.disabled = False
-        self.progress.value = self.progress.max
-        self.progress.bar_style = "success"
+        table = result.runs if patience is None else result.patience
         stored = select(
-            self.runs, seed=self.seed, **{k: chosen[k] for k in ("granularity", "criterion", "curve", "ratio")}
+            table, seed=seed, **{k: chosen[k] for k in ("granularity", "criterion", "regime", "ratio")}
         )
+        if patience is not None:
+            stored = select(stored, patience=patience)
         before = f"{stored.test_accuracy.iloc[0]:.3f}" if len(stored) else "n/a"
-        self.last_rerun = result
-        self.status.value = (
-            f"live re-run (seed {self.seed}): test accuracy <b>{result.test_accuracy:.3f}</b> after "
-            f"{result.epochs:.1f} fine-tuning epochs; the precomputed run of this seed had {before}"
+        return (
+            f"live re-run (seed {seed}): test accuracy <b>{run.test_accuracy:.3f}</b> after {run.epochs:.1f} "
+            f"epochs; the precomputed run of this seed had {before}"
         )
 
-    def click(self) -> None:
-        """Press the re-run button from Python (what a test does)."""
-        self.button.click()
-
-    def _ipython_display_(self) -> None:
-        display(self.widget)
-
-
-def pruning_playground(runs: pd.DataFrame, layers: pd.DataFrame, **options) -> PruningPlayground:
-    """Shorthand for :class:`PruningPlayground`."""
-    return PruningPlayground(runs, layers, **options)
+    return widget_playground(
+        render,
+        action=action,
+        action_label="Re-run live",
+        ratio=slider("ratio", ratios, value=ratios[len(ratios) // 2]),
+        granularity=dropdown("granularity", list(dict.fromkeys(runs.granularity))),
+        criterion=dropdown("criterion", criteria),
+        regime=dropdown("regime", regimes, value="geometric"),
+        patience=dropdown("patience", patiences),
+    )

@@ -10,22 +10,26 @@ This module is the lecture's vocabulary, in the order a pruning run uses it (the
 pruners and counters follows Torch-Pruning's importance / pruner / counter split):
 
 1. **Schedules.** Let ``p`` be the target pruning ratio, the fraction of
-   the *original* prunable weights (or channels) to remove, and ``s_k`` the cumulative ratio after step ``k``.
+   the *original* prunable parameters (or channels) to remove, and ``s_k`` the cumulative ratio after step ``k``.
 
    * one-shot: a single step, ``s_1 = p``;
    * iterative constant: ``T`` equal steps *of the original size*, ``s_k = k p / T``;
    * iterative geometric: every step removes the same share ``q`` of what is *still there*,
      ``s_k = 1 - (1 - q)^k`` with ``q = 1 - (1 - p)^(1/T)`` so that ``s_T = p``;
    * hybrid: one jump to an intermediate ratio ``p0`` (where one-shot is still as good as iterative), then
-     geometric steps from ``p0`` to ``p``;
-   * patience-based: the geometric steps, but each fine-tuning phase runs until the validation accuracy has not
-     improved for ``patience`` epochs, and the best checkpoint of the phase is kept.
+     geometric steps from ``p0`` to ``p``.
+
+   *Patience* is not a schedule. It is a rule for the fine-tuning phase after every step, and it combines with
+   any of the four (the authors' run configurations use it with one-shot too): instead of a fixed share of the
+   budget, a phase runs until the validation accuracy (what the authors' configurations monitor) has not
+   improved by more than ``min_delta`` for ``patience`` epochs, and the best checkpoint of the phase is kept.
 
    The constant schedule takes big *relative* bites at the end: its last step removes ``(p/T) / (1 - (T-1)p/T)``
    of the survivors, which is 91 % of them for ``p = 0.98, T = 5``. The geometric one always removes ``q``
    (54 % there). That difference is the whole argument for geometric steps at high ratios.
 
-2. **Scores** (criteria). Unstructured: the magnitude ``|w|`` of each weight, compared across the whole network
+2. **Scores** (criteria). Unstructured: the magnitude ``|w|`` of each parameter (weights *and* biases of every
+   convolution and linear layer, as in the authors' code), compared across the whole network
    (*global*) or within each layer (*layer-wise*), or a random score as the control that any criterion must
    beat. Structured: the L1 or L2 norm of each channel's weights, taken over the whole dependency group that
    removing the channel touches (its filter *and* the next layer's input slice), as Torch-Pruning does it.
@@ -40,10 +44,12 @@ pruners and counters follows Torch-Pruning's importance / pruner / counter split
    the measured sparsity equals the scheduled one *exactly*, in whole weights (or channels per layer). The
    authors' code asserts the same after every step; it is the cheapest guard against a schedule bug.
 
-5. **Fine-tuning with a budget.** Regimes are compared at *equal total fine-tuning compute*: a fixed number of
-   optimiser steps, split evenly over the pruning steps, so one-shot gets one long phase and geometric five short
-   ones. Every phase gets a fresh optimiser (the authors rebuild it at every step) and ends on its best
-   validation checkpoint. Patience-based phases run as long as they keep improving, and report what they spent.
+5. **Fine-tuning with a budget, or with patience.** Without patience, regimes are compared at *equal total
+   fine-tuning compute*: a fixed number of optimiser steps, split evenly over the pruning steps, so one-shot
+   gets one long phase and geometric five short ones. With patience, every phase runs as long as it keeps
+   improving (up to a cap) and the run reports the epochs it really spent, so it is compared with fixed-budget
+   runs *at those epochs*. Every phase gets a fresh optimiser (the authors rebuild it at every step) and ends on
+   its best validation checkpoint.
 """
 
 from __future__ import annotations
@@ -66,13 +72,11 @@ from efflab.runtime import Timer
 from efflab.train import classification_metrics, run_evaluation
 from efflab.validation import check_choice, check_int, check_seed
 
-REGIMES = ("one-shot", "constant", "geometric", "patience", "hybrid")
+REGIMES = ("one-shot", "constant", "geometric", "hybrid")  # patience combines with each of them
 GRANULARITIES = ("unstructured", "structured")
 UNSTRUCTURED_CRITERIA = ("global-magnitude", "layer-magnitude", "random")
 STRUCTURED_CRITERIA = ("l1", "l2")
 CRITERIA = {"unstructured": UNSTRUCTURED_CRITERIA, "structured": STRUCTURED_CRITERIA}
-
-# Floor of ratio * total, computed robustly: 0.29 * 100 is 28.999999999999996 in binary floating point.
 
 
 class SparsityMismatch(RuntimeError):
@@ -145,7 +149,7 @@ def constant_schedule(ratio: float, steps: int) -> Schedule:
     return Schedule("constant", ratio, tuple(ratio * k / steps for k in range(1, steps + 1)))
 
 
-def geometric_schedule(ratio: float, steps: int, *, regime: str = "geometric") -> Schedule:
+def geometric_schedule(ratio: float, steps: int) -> Schedule:
     """``steps`` steps that each remove the same share ``q = 1 - (1 - ratio)^(1/steps)`` of the survivors.
 
     After ``k`` steps a fraction ``(1 - q)^k = (1 - ratio)^(k/steps)`` of the weights is left, so
@@ -153,7 +157,7 @@ def geometric_schedule(ratio: float, steps: int, *, regime: str = "geometric") -
     """
     check_ratio("ratio", ratio)
     check_int("steps", steps, low=1)
-    return Schedule(regime, ratio, tuple(1 - (1 - ratio) ** (k / steps) for k in range(1, steps + 1)))
+    return Schedule("geometric", ratio, tuple(1 - (1 - ratio) ** (k / steps) for k in range(1, steps + 1)))
 
 
 def hybrid_schedule(ratio: float, start: float, steps: int) -> Schedule:
@@ -175,7 +179,7 @@ def hybrid_schedule(ratio: float, start: float, steps: int) -> Schedule:
 
 
 def make_schedule(regime: str, ratio: float, *, steps: int = 5, hybrid_start: float = 0.7) -> Schedule:
-    """The schedule of a named regime; patience-based pruning follows the geometric steps."""
+    """The schedule of a named regime (patience is a fine-tuning option, not a regime: see :func:`curve_name`)."""
     check_choice("regime", regime, REGIMES)
     if regime == "one-shot":
         check_ratio("ratio", ratio)
@@ -184,7 +188,16 @@ def make_schedule(regime: str, ratio: float, *, steps: int = 5, hybrid_start: fl
         return constant_schedule(ratio, steps)
     if regime == "hybrid":
         return hybrid_schedule(ratio, hybrid_start, steps)
-    return geometric_schedule(ratio, steps, regime=regime)
+    return geometric_schedule(ratio, steps)
+
+
+def curve_name(regime: str, patience: int | None = None) -> str:
+    """The label of one line in the plots: the schedule, and its patience when it fine-tunes with patience."""
+    check_choice("regime", regime, REGIMES)
+    if patience is None:
+        return regime
+    check_patience(patience)
+    return f"{regime} + patience {patience}"
 
 
 def schedule_table(schedules) -> pd.DataFrame:
@@ -213,46 +226,71 @@ def schedule_table(schedules) -> pd.DataFrame:
 
 
 def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The ``nn.Conv2d`` and ``nn.Linear`` layers, by name; their ``weight`` tensors are what gets pruned.
-
-    Biases are left alone: they are a fraction of a percent of the weights and set each unit's baseline.
-    """
+    """The ``nn.Conv2d`` and ``nn.Linear`` layers, by name: what both kinds of pruning cut."""
     return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
 
 
-def effective_weight(module: nn.Module) -> Tensor:
-    """The weight a layer computes with: ``weight_orig * weight_mask`` once pruned, else ``weight``.
+def prunable_tensors(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
+    """Every tensor unstructured pruning may mask: ``(layer, module, "weight" or "bias")``.
+
+    The authors' code collects *all* parameters of the convolution and linear layers, biases included, and ranks
+    them together; we do the same. (Biases are a few hundred of the ~14 thousand parameters here, and large ones
+    survive long, so this changes little at low ratios; at 98 % it decides which units still have an offset.)
+    """
+    return [
+        (name, module, tensor)
+        for name, module in prunable_layers(model)
+        for tensor in ("weight", "bias")
+        if getattr(module, tensor, None) is not None
+    ]
+
+
+def effective_tensor(module: nn.Module, tensor: str = "weight") -> Tensor:
+    """The tensor a layer computes with: ``<tensor>_orig * <tensor>_mask`` once pruned, else the parameter.
 
     We never read the ``weight`` attribute of a pruned layer directly: ``torch.nn.utils.prune`` refreshes it
     only in the next forward pass, so after an optimiser step or a checkpoint restore it can be stale.
     """
-    if hasattr(module, "weight_mask"):
-        return module.weight_orig * module.weight_mask
-    return module.weight
+    if hasattr(module, f"{tensor}_mask"):
+        return getattr(module, f"{tensor}_orig") * getattr(module, f"{tensor}_mask")
+    return getattr(module, tensor)
+
+
+def effective_weight(module: nn.Module) -> Tensor:
+    """The weight a layer computes with (see :func:`effective_tensor`)."""
+    return effective_tensor(module, "weight")
+
+
+def _masked(module: nn.Module, tensor: str) -> int:
+    mask = getattr(module, f"{tensor}_mask", None)
+    return 0 if mask is None else int((mask == 0).sum())
 
 
 def unstructured_sparsity(model: nn.Module) -> pd.DataFrame:
-    """Per prunable layer: weights, pruned weights (from the masks) and the pruned fraction."""
-    rows = []
-    for name, module in prunable_layers(model):
-        total = module.weight_mask.numel() if hasattr(module, "weight_mask") else module.weight.numel()
-        pruned = int((module.weight_mask == 0).sum()) if hasattr(module, "weight_mask") else 0
-        rows.append({"layer": name, "weights": total, "pruned": pruned, "sparsity": pruned / total})
-    return pd.DataFrame(rows)
+    """Per prunable layer: its parameters (weights and bias), how many are masked, and the pruned fraction."""
+    totals: dict[str, list[int]] = {}
+    for name, module, tensor in prunable_tensors(model):
+        count = totals.setdefault(name, [0, 0])
+        count[0] += getattr(module, tensor).numel()
+        count[1] += _masked(module, tensor)
+    return pd.DataFrame(
+        [{"layer": n, "weights": t, "pruned": p, "sparsity": p / t} for n, (t, p) in totals.items()]
+    )
 
 
 class UnstructuredPruner:
-    """Prunes a model's weights with masks, to a cumulative ratio at a time: ``pruner.prune_to(0.8)``.
+    """Prunes a model's parameters with masks, to a cumulative ratio at a time: ``pruner.prune_to(0.8)``.
 
     ``criterion``:
 
     * ``"global-magnitude"``: remove the smallest ``|w|`` across *all* layers together, so layers with many
       small weights give up more. It needs no per-layer tuning, and it can empty a small layer entirely;
     * ``"layer-magnitude"``: remove the smallest ``|w|`` within each layer, the same ratio everywhere;
-    * ``"random"``: remove weights in a fixed random order (drawn once from ``seed``), the control.
+    * ``"random"``: remove parameters in a fixed random order (drawn once from ``seed``), the control.
 
-    Each call removes only weights that are still there, so masks are nested: the weights pruned at 50 % are
-    among those pruned at 80 %. After each call, the measured sparsity must equal the schedule exactly.
+    Weights and biases are ranked together (:func:`prunable_tensors`). Each call removes only parameters that
+    are still there, so masks are nested: what is pruned at 50 % is among what is pruned at 80 %. After each
+    call the measured sparsity must equal the schedule exactly.
     """
 
     def __init__(self, model: nn.Module, criterion: str = "global-magnitude", *, seed: int = 0):
@@ -261,6 +299,7 @@ class UnstructuredPruner:
         self.model = model
         self.criterion = criterion
         self.layers = prunable_layers(model)
+        self.tensors = prunable_tensors(model)
         if not self.layers:
             raise ValueError("model has no nn.Conv2d or nn.Linear layer to prune")
         self.ratio = 0.0
@@ -268,37 +307,50 @@ class UnstructuredPruner:
         if criterion == "random":
             generator = torch.Generator().manual_seed(seed)
             self._random_scores = [
-                torch.rand(module.weight.shape, generator=generator).to(module.weight.device)
-                for _, module in self.layers
+                torch.rand(getattr(module, t).shape, generator=generator).to(getattr(module, t).device)
+                for _, module, t in self.tensors
             ]
 
     @property
     def sizes(self) -> list[int]:
-        return [module.weight.numel() for _, module in self.layers]
+        """Parameters per layer (weights and bias)."""
+        return [int(s) for s in unstructured_sparsity(self.model).weights]
 
     def scores(self) -> list[Tensor]:
-        """Importance of every weight, layer by layer: higher means kept longer."""
+        """Importance of every prunable tensor's entries, tensor by tensor: higher means kept longer."""
         if self._random_scores is not None:
             return self._random_scores
-        return [effective_weight(module).detach().abs() for _, module in self.layers]
+        return [effective_tensor(module, t).detach().abs() for _, module, t in self.tensors]
 
     def scheduled_pruned(self, ratio: float) -> list[int] | int:
-        """Pruned weights the schedule asks for: one total (global criteria) or one count per layer."""
+        """Pruned parameters the schedule asks for: one total (global criteria) or one count per layer."""
         if self.criterion == "layer-magnitude":
             return [scheduled_count(ratio, size) for size in self.sizes]
         return scheduled_count(ratio, sum(self.sizes))
 
     def scheduled_units(self, ratio: float) -> int:
-        """How many weights the schedule says are pruned at ``ratio``, in all."""
+        """How many parameters the schedule says are pruned at ``ratio``, in all."""
         target = self.scheduled_pruned(ratio)
         return sum(target) if isinstance(target, list) else target
 
     def pruned_units(self) -> int:
-        """How many weights the masks actually remove."""
+        """How many parameters the masks actually remove."""
         return int(unstructured_sparsity(self.model).pruned.sum())
 
+    def _prune_together(self, chosen: list[int], scores: list[Tensor], amount: int) -> None:
+        # An int amount counts entries among those still unmasked (torch.nn.utils.prune's PruningContainer).
+        if amount <= 0:
+            return
+        parameters = [(self.tensors[i][1], self.tensors[i][2]) for i in chosen]
+        prune.global_unstructured(
+            parameters,
+            pruning_method=prune.L1Unstructured,
+            amount=int(amount),
+            importance_scores={parameters[j]: scores[i] for j, i in enumerate(chosen)},
+        )
+
     def prune_to(self, ratio: float) -> pd.DataFrame:
-        """Prune until a fraction ``ratio`` of the original weights is masked; return the per-layer sparsity."""
+        """Prune until a fraction ``ratio`` of the original parameters is masked; return the per-layer sparsity."""
         check_ratio("ratio", ratio)
         if ratio < self.ratio:
             raise ValueError(f"ratio={ratio!r} is not allowed; the model is already pruned to {self.ratio!r}")
@@ -306,19 +358,11 @@ class UnstructuredPruner:
         target = self.scheduled_pruned(ratio)
         scores = self.scores()
         if self.criterion == "layer-magnitude":
-            # An int amount counts weights among those still unmasked (torch.nn.utils.prune's PruningContainer).
-            for (_, module), score, want, have in zip(self.layers, scores, target, measured.pruned, strict=True):
-                prune.l1_unstructured(module, "weight", amount=int(want - have), importance_scores=score)
+            for layer, want, have in zip(measured.layer, target, measured.pruned, strict=True):
+                chosen = [i for i, (name, _, _) in enumerate(self.tensors) if name == layer]
+                self._prune_together(chosen, scores, int(want - have))
         else:
-            parameters = [(module, "weight") for _, module in self.layers]
-            prune.global_unstructured(
-                parameters,
-                pruning_method=prune.L1Unstructured,
-                amount=int(target - measured.pruned.sum()),
-                importance_scores={
-                    (module, "weight"): s for (_, module), s in zip(self.layers, scores, strict=True)
-                },
-            )
+            self._prune_together(list(range(len(self.tensors))), scores, int(target - measured.pruned.sum()))
         self.ratio = ratio
         return self.check(ratio)
 
@@ -328,10 +372,11 @@ class UnstructuredPruner:
         target = self.scheduled_pruned(ratio)
         got = list(measured.pruned) if isinstance(target, list) else int(measured.pruned.sum())
         if got != target:
-            raise SparsityMismatch(f"after pruning to {ratio!r}: {got} weights are masked, scheduled {target}")
-        for _, module in self.layers:  # the effective weights really are zero where masked
-            if torch.count_nonzero(effective_weight(module)[module.weight_mask == 0]):
-                raise SparsityMismatch("a masked weight is not zero in the effective weight")
+            raise SparsityMismatch(f"after pruning to {ratio!r}: {got} parameters are masked, scheduled {target}")
+        for _, module, tensor in self.tensors:  # the effective tensors really are zero where masked
+            mask = getattr(module, f"{tensor}_mask", None)
+            if mask is not None and torch.count_nonzero(effective_tensor(module, tensor)[mask == 0]):
+                raise SparsityMismatch(f"a masked {tensor} is not zero in the effective {tensor}")
         return measured
 
 
@@ -505,7 +550,9 @@ def prune_and_finetune(
     """Prune a *copy* of ``trained`` along ``schedule``, fine-tuning after every step: score, prune, fine-tune.
 
     Without ``patience`` the run spends exactly ``budget.epochs`` epochs of fine-tuning, split evenly over the
-    steps. With it, each phase stops on its own (see :func:`finetune`) and ``epochs`` says what it cost.
+    steps. With it, whatever the schedule, each phase stops on its own (see :func:`efflab.finetune.finetune`:
+    ``patience`` epochs without a gain in validation accuracy, or ``budget.max_epochs_per_step``) and ``epochs``
+    says what the run cost.
     Test accuracy is measured after every step, on a split that neither training nor checkpointing saw.
     """
     budget = budget or FinetuneBudget()
@@ -536,7 +583,7 @@ def prune_and_finetune(
             on_epoch=report,
         )
         spent += phase.epochs
-        test = run_evaluation(model, lambda m: classification_metrics(m, data.test.x, data.test.y))
+        test = run_evaluation(model, lambda m: classification_metrics(m, data.test.x, data.test.y, prefix="test"))
         rows.append(
             {
                 "step": index + 1,
@@ -545,8 +592,9 @@ def prune_and_finetune(
                 "scheduled_units": pruner.scheduled_units(ratio),
                 "pruned_units": pruner.pruned_units(),
                 "epochs": spent,
+                "phase_epochs": phase.epochs,
                 "val_accuracy": phase.val_accuracy,
-                "test_accuracy": test["val_accuracy"],
+                "test_accuracy": test["test_accuracy"],
             }
         )
     steps = pd.DataFrame(rows)
@@ -587,8 +635,8 @@ def accuracy_without_finetuning(
     rows = []
     for ratio in ratios:
         pruner.prune_to(ratio)
-        test = run_evaluation(model, lambda m: classification_metrics(m, data.test.x, data.test.y))
-        rows.append({"criterion": criterion, "ratio": ratio, "test_accuracy": test["val_accuracy"]})
+        test = run_evaluation(model, lambda m: classification_metrics(m, data.test.x, data.test.y, prefix="test"))
+        rows.append({"criterion": criterion, "ratio": ratio, "test_accuracy": test["test_accuracy"]})
     return pd.DataFrame(rows)
 
 
