@@ -103,7 +103,7 @@ def test_a_corrupt_cache_file_is_rebuilt(tmp_path):
     cache_file.write_bytes(b"this is not a torch file")
     second = load_corpus(20_000, cache_directory=tmp_path)
     assert torch.equal(first.train, second.train) and torch.equal(first.val, second.val)
-    assert set(torch.load(cache_file, weights_only=True)) == {"docs", "source"}
+    assert set(torch.load(cache_file, weights_only=True)["value"]) == {"docs", "source"}
 
 
 def test_cache_key_and_location(tmp_path):
@@ -143,3 +143,17 @@ def test_block_size_error_names_the_largest_allowed_value():
 def test_bad_corpus_settings_name_the_parameter(kwargs, parameter):
     with pytest.raises(ValueError, match=parameter):
         load_corpus(**kwargs)
+
+
+def test_a_cached_corpus_of_the_wrong_dtype_is_rebuilt(tmp_path):
+    first = load_corpus(20_000, cache_directory=tmp_path)
+    (cache_file,) = tmp_path.glob("*.pt")
+    entry = torch.load(cache_file, weights_only=True)
+    entry["value"] = {name: part.float() for name, part in entry["value"].items()}
+    entry["schema"] = [
+        "dict",
+        {name: ["tensor", "torch.float32", list(part.shape)] for name, part in entry["value"].items()},
+    ]
+    torch.save(entry, cache_file)
+    second = load_corpus(20_000, cache_directory=tmp_path)
+    assert second.train.dtype == torch.uint8 and torch.equal(first.train, second.train)

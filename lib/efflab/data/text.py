@@ -132,6 +132,15 @@ def _build_corpus_parts(max_bytes: int) -> dict[str, Tensor]:
     return {"docs": _as_tensor(docs), "source": _as_tensor(source)}
 
 
+def _is_corpus_parts(parts) -> bool:
+    """What a cached corpus must be: the documentation and the source, each a 1-D uint8 tensor."""
+    return (
+        isinstance(parts, dict)
+        and set(parts) == {"docs", "source"}
+        and all(isinstance(v, Tensor) and v.dtype == torch.uint8 and v.ndim == 1 for v in parts.values())
+    )
+
+
 def load_corpus(
     max_bytes: int = DEFAULT_MAX_BYTES,
     val_fraction: float = 0.1,
@@ -156,6 +165,7 @@ def load_corpus(
         config,
         lambda: _build_corpus_parts(max_bytes),
         directory=Path(cache_directory) if cache_directory is not None else None,
+        check=_is_corpus_parts,
     )
     pieces = [parts["docs"], parts["source"]]
     cuts = [round(len(piece) * (1 - val_fraction)) for piece in pieces]
