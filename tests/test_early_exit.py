@@ -1,5 +1,6 @@
 import copy
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -25,12 +26,14 @@ from efflab.early_exit.exits import (
     evaluate_threshold,
     exit_costs,
     exit_logits_on,
+    head_accuracies,
     measure_speedup,
     multi_exit_loss,
     numerical_rank,
     run_phase,
     time_breakdown,
-    train_regimes,
+    train_heads_early_stopping,
+    train_regime,
 )
 from efflab.flops import measure_flops, module_forward_flops
 from efflab.models.cnn import CNN, CNNConfig
@@ -76,7 +79,7 @@ def batch_stream(x, y, batch_size=32, seed=0):
     return next_batch
 
 
-SCHEDULE = RegimeSchedule(backbone_steps=15, exit_steps=10, warmup_steps=2)
+SCHEDULE = RegimeSchedule(backbone_steps=15, exit_steps=10, warmup_steps=2, check_every=2, patience=2)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +119,7 @@ def test_the_last_exit_is_the_backbone_itself():
     assert torch.equal(outputs[-1], cnn(x))
     assert all(o.shape == (5, N_CLASSES) for o in outputs)
     assert not any(key.startswith(("final_exit", "stages")) for key in network.state_dict())  # registered once
-    copied = copy.deepcopy(network)  # train_regimes copies networks: the stages must stay the backbone's own
+    copied = copy.deepcopy(network)  # the experiment copies networks: the stages must stay the backbone's own
     assert copied.final_exit is copied.backbone.classifier and copied.stages[0] is copied.backbone.features[0]
     for h in range(network.num_exits):
         prefix = network.forward_until(x, h)
@@ -247,33 +250,62 @@ def test_disjoint_keeps_the_backbone_bit_for_bit():
     with torch.no_grad():
         before = network.backbone(x)
     heads_before = copy.deepcopy(network.heads.state_dict())
-    run_phase(network, Phase("heads", 10, 3e-3), batch_stream(x, y, seed=1), SCHEDULE, progress=False)
+    run_phase(network, Phase("heads", 10, 3e-3), batch_stream(x, y, seed=1), SCHEDULE, validation=(x, y))
     network.eval()
     final = exit_logits_on(network, x)[-1]
     assert torch.equal(final, before) and torch.equal(final.argmax(-1), before.argmax(-1))
     assert any(not torch.equal(v, network.heads.state_dict()[k]) for k, v in heads_before.items())
 
 
-def test_train_regimes_shares_phase_one_so_disjoint_ends_at_the_backbone():
+def test_a_regime_continued_from_a_shared_backbone_equals_the_regime_trained_whole():
     x, y = toy_data()
-
-    def make_network():
-        return attach_to_cnn(small_cnn(seed=7))
 
     def batches(phase):
         return batch_stream(x, y, seed=phase)
 
-    trained = train_regimes(make_network, batches, SCHEDULE, progress=False)
-    alone = make_network()
-    run_phase(alone, Phase("backbone", 15, SCHEDULE.backbone_lr), batches(0), SCHEDULE, progress=False)
-    alone.eval()
+    whole = attach_to_cnn(small_cnn(seed=7))
+    history = train_regime(whole, "mixed", SCHEDULE, batches, progress=False)
+    assert list(history.phase.unique()) == [1, 2] and len(history) == SCHEDULE.total_steps
+    shared = attach_to_cnn(small_cnn(seed=7))
+    train_regime(shared, "mixed", replace(SCHEDULE, exit_steps=0), batches, progress=False)
     with torch.no_grad():
-        reference = alone.backbone(x)
-    disjoint, history = trained["disjoint"]
-    assert torch.equal(exit_logits_on(disjoint, x)[-1], reference)
-    assert list(history.phase.unique()) == [1, 3] and len(history) == 25
-    assert list(trained["mixed"][1].phase.unique()) == [1, 2] and len(trained["joint"][1]) == 25
-    assert not torch.equal(exit_logits_on(trained["mixed"][0], x)[-1], reference)  # phase 2 moved the backbone
+        backbone_only = shared.backbone(x)
+    continued = copy.deepcopy(shared)
+    later = train_regime(continued, "mixed", SCHEDULE, batches, skip_backbone=True, progress=False)
+    assert list(later.phase.unique()) == [2] and len(later) == SCHEDULE.exit_steps
+    assert all(
+        torch.equal(a, b) for a, b in zip(exit_logits_on(whole, x), exit_logits_on(continued, x), strict=True)
+    )
+    assert not torch.equal(exit_logits_on(continued, x)[-1], backbone_only)  # phase 2 moved the backbone
+    disjoint = copy.deepcopy(shared)
+    train_regime(disjoint, "disjoint", SCHEDULE, batches, validation=(x, y), skip_backbone=True)
+    assert torch.equal(exit_logits_on(disjoint, x)[-1], backbone_only)  # disjoint ends at the backbone
+
+
+def test_early_stopping_reloads_each_heads_best_validation_state():
+    x, y = toy_data(128)
+    x_val, y_val = toy_data(64, seed=5)
+    network = attach_to_cnn(small_cnn(seed=3))
+    run_phase(network, Phase("backbone", 15, 3e-3), batch_stream(x, y), SCHEDULE, progress=False)
+    backbone_before = copy.deepcopy(network.backbone.state_dict())
+    config = SCHEDULE.train_config(Phase("heads", 60, 3e-2))  # a high rate, so that accuracy wanders
+    history, stopping = train_heads_early_stopping(
+        network, batch_stream(x, y, seed=2), config, (x_val, y_val), check_every=3, patience=3
+    )
+    checks = stopping.checks.set_index("step")
+    final = head_accuracies(network, x_val, y_val)
+    for h, accuracy in enumerate(final):
+        column = checks[f"head {h + 1}"]
+        seen = column[column.index <= stopping.stopped_at[h]]
+        assert accuracy == pytest.approx(seen.max())  # the best check's state, not the last one
+        assert stopping.best_step[h] == int(seen.idxmax()) and stopping.best_accuracy[h] == pytest.approx(
+            seen.max()
+        )
+        assert stopping.best_step[h] <= stopping.stopped_at[h] <= len(history)
+    assert all(torch.equal(v, network.backbone.state_dict()[k]) for k, v in backbone_before.items())
+    assert (np.diff(history.heads_training) <= 0).all()  # a stopped head never starts again
+    with pytest.raises(ValueError, match="validation"):
+        run_phase(network, Phase("heads", 5, 1e-3), batch_stream(x, y), SCHEDULE)
 
 
 class NormalisedBlock(nn.Sequential):
@@ -297,7 +329,7 @@ def test_a_frozen_backbone_keeps_its_weights_and_normalisation_statistics(trains
     network = normalised_network()
     x, y = toy_data(64)
     before = copy.deepcopy(network.backbone.state_dict())
-    run_phase(network, Phase(trains, 5, 1e-2), batch_stream(x, y), SCHEDULE, progress=False)
+    run_phase(network, Phase(trains, 5, 1e-2), batch_stream(x, y), SCHEDULE, validation=(x, y), progress=False)
     after = network.backbone.state_dict()
     changed = {name for name, value in before.items() if not torch.equal(value, after[name])}
     if should_change:  # the control: the same phase with the backbone unfrozen moves both
@@ -320,23 +352,40 @@ def test_unknown_regimes_rules_and_phases_raise():
     with pytest.raises(ValueError, match="regime='both'"):
         SCHEDULE.phases("both")
     with pytest.raises(ValueError, match="regime='Joint'"):
-        train_regimes(lambda: attach_to_cnn(small_cnn()), lambda i: None, SCHEDULE, regimes=("Joint",))
+        train_regime(attach_to_cnn(small_cnn()), "Joint", SCHEDULE, lambda i: None)
     with pytest.raises(ValueError, match="rule='margin'"):
         choose_exits(random_logits(0), 0.5, rule="margin")
     with pytest.raises(ValueError, match="trains='all'"):
         Phase("all", 10, 1e-3)
-    with pytest.raises(ValueError, match="exit_steps"):
-        RegimeSchedule(backbone_steps=10, exit_steps=0)
+    with pytest.raises(ValueError, match="exit_steps=0"):
+        RegimeSchedule(backbone_steps=0, exit_steps=0)
+    with pytest.raises(ValueError, match="share"):
+        SCHEDULE.with_share(1.5)
 
 
-def test_schedule_phases_follow_the_paper():
-    schedule = RegimeSchedule(backbone_steps=100, exit_steps=40, backbone_lr=3e-3, mixed_lr=1e-3, heads_lr=2e-3)
+def test_schedule_phases_follow_the_authors_code():
+    schedule = RegimeSchedule(backbone_steps=100, exit_steps=40, backbone_lr=3e-3, mixed_lr=1e-3)
     assert [p.trains for p in schedule.phases("disjoint")] == ["backbone", "heads"]
     assert schedule.phases("joint") == (Phase("joint", 140, 3e-3),)
     backbone, second = schedule.phases("mixed")
     assert backbone == Phase("backbone", 100, 3e-3)
-    assert (second.trains, second.lr, second.heads_lr) == ("joint", 1e-3, 2e-3)
-    assert schedule.phases("disjoint")[1].lr == second.heads_lr  # new heads learn alike in both regimes
+    assert (second.trains, second.steps, second.lr, second.heads_lr) == ("joint", 40, 3e-3, 3e-3)  # phase-1 rate
+    _, gentle = schedule.phases("mixed_low_lr")
+    assert (gentle.lr, gentle.heads_lr) == (1e-3, 3e-3)  # the course's variant: a slower backbone, same heads
+    assert schedule.phases("disjoint")[1].lr == gentle.heads_lr  # new heads learn alike in every regime
+
+
+@pytest.mark.parametrize("total", [7, 40, 801])
+def test_a_phase_one_share_splits_a_fixed_budget(total):
+    schedule = RegimeSchedule(backbone_steps=total, exit_steps=0)
+    for share in (0.0, 0.25, 0.5, 0.75, 1.0):
+        split = schedule.with_share(share)
+        assert split.backbone_steps == round(share * total) and split.total_steps == total
+        for regime in ("disjoint", "mixed", "mixed_low_lr", "joint"):
+            assert sum(p.steps for p in split.phases(regime)) == total
+    assert schedule.with_share(0.0).phases("mixed") == schedule.phases("joint")  # mixed at 0 % is joint
+    assert [p.trains for p in schedule.with_share(1.0).phases("mixed")] == ["backbone"]  # no head trains
+    assert [p.trains for p in schedule.with_share(0.0).phases("disjoint")] == ["heads"]  # a random backbone
 
 
 def test_accuracy_within_budget_uses_the_step_rule():

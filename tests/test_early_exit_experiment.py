@@ -1,3 +1,7 @@
+import json
+import math
+from dataclasses import replace
+
 import numpy as np
 import plotly.graph_objects as go
 import pytest
@@ -5,9 +9,18 @@ import torch
 
 import efflab
 from efflab.early_exit import plots as early_exit_plots
-from efflab.early_exit.exits import REGIMES, RegimeSchedule, choose_exits
-from efflab.early_exit.experiment import EarlyExitStudy, example_indices, load_study_data, run_study, with_changes
-from efflab.ui.widgets import dropdown, explorer, slider
+from efflab.early_exit.exits import REGIMES, choose_exits
+from efflab.early_exit.experiment import (
+    SWEEP_REGIMES,
+    EarlyExitBudget,
+    example_indices,
+    findings,
+    load_study_data,
+    make_network,
+    paper_rows,
+    plan_tasks,
+    run_experiment,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -18,107 +31,195 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
-def tiny_study(dataset: str = "digits") -> EarlyExitStudy:
-    return with_changes(
-        EarlyExitStudy.quick(dataset), widths=(4, 8, 8), hidden=16, seeds=2, batch_size=32,
-        backbone_steps=12, exit_steps=8, warmup_steps=2, rank_samples=200,
-        timing_thresholds=(0.5,), timing_repeats=1, layouts=2,
-    )  # fmt: skip
+def tiny_budget(**changes) -> EarlyExitBudget:
+    settings = dict(
+        widths=(4, 8, 8),
+        hidden=16,
+        seeds=2,
+        batch_size=32,
+        total_steps=24,
+        warmup_steps=2,
+        check_every=4,
+        patience=2,
+        rank_samples=300,
+        timing_thresholds=(0.5,),
+        timing_repeats=1,
+        layouts=2,
+    )
+    return replace(EarlyExitBudget.quick(), **{**settings, **changes})
 
 
 @pytest.fixture(scope="module")
 def result():
     run = efflab.setup("quick", "cpu", 5, verbose=False)
-    return run_study(run, tiny_study(), progress=False)
+    return run_experiment(run, tiny_budget(shares=(0.0, 0.5, 1.0)), progress=False)
 
 
 def test_budgets_follow_the_run_mode_and_validate():
     quick = efflab.setup("quick", "cpu", 0, verbose=False)
     full = efflab.setup("full", "cpu", 0, verbose=False)
-    for dataset in ("canvas", "digits"):
-        assert EarlyExitStudy.for_run(quick, dataset) == EarlyExitStudy.quick(dataset)
-        assert EarlyExitStudy.for_run(full, dataset).seeds >= EarlyExitStudy.quick(dataset).seeds >= 3
-    schedule = EarlyExitStudy.quick().schedule
-    assert schedule.mixed_lr < schedule.backbone_lr  # mixed's phase 2 restarts gently
-    with pytest.raises(ValueError, match="dataset='cifar'"):
-        EarlyExitStudy.quick("cifar")
-    with pytest.raises(ValueError, match="seeds"):
-        with_changes(EarlyExitStudy.quick(), seeds=0)
-    changed = with_changes(EarlyExitStudy.quick(), exit_steps=7, seeds=4)
-    assert changed.schedule == RegimeSchedule(**{**EarlyExitStudy.quick().schedule.__dict__, "exit_steps": 7})
-    assert changed.seeds == 4
+    assert EarlyExitBudget.for_run(quick) == EarlyExitBudget.quick()
+    assert EarlyExitBudget.for_run(full).seeds >= EarlyExitBudget.quick().seeds >= 3
+    assert EarlyExitBudget.quick().describe().startswith("EarlyExitBudget(")
+    for bad, match in [
+        (dict(dataset="cifar"), "dataset='cifar'"),
+        (dict(seeds=0), "seeds"),
+        (dict(main_share=0.3), "main_share=0.3"),
+        (dict(main_share=1.0), "main_share=1.0"),
+        (dict(shares=(0.5, 0.25)), "shares"),
+        (dict(shares=(0.0, math.nan)), "shares"),
+        (dict(backbone_lr=math.inf), "backbone_lr"),
+        (dict(widths=(8,)), "widths"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            replace(EarlyExitBudget.quick(), **bad)
+
+
+@pytest.mark.parametrize("budget", [EarlyExitBudget.quick(), EarlyExitBudget.full()])
+def test_the_rank_samples_outnumber_every_blocks_dimension(budget):
+    network = make_network(budget, 0)
+    hidden, dimensions = torch.zeros(1, 1, budget.image_size, budget.image_size), []
+    for stage in network.stages:  # an independent count: the real output shapes
+        hidden = stage(hidden)
+        dimensions.append(hidden[0].numel())
+    assert dimensions == budget.block_dimensions()
+    assert budget.rank_samples > max(dimensions)
+    train_size = budget.layouts * len(efflab.data.digits.load_digits(0).train)
+    assert budget.rank_samples <= train_size
 
 
 def test_canvas_data_keeps_test_digits_out_of_training():
-    study = with_changes(tiny_study("canvas"), layouts=3)
-    data = load_study_data(study, 0)
+    budget = tiny_budget(layouts=3)
+    data = load_study_data(budget, 0)
     digits = efflab.data.digits.load_digits(0)
     assert len(data.train) == 3 * len(digits.train) and len(data.test) == len(digits.test)
-    assert data.train.x.shape[1:] == (1, study.canvas_size, study.canvas_size)
+    assert data.train.x.shape[1:] == (1, budget.canvas_size, budget.canvas_size)
     assert abs(float(data.train.x.mean())) < 1e-4 and abs(float(data.train.x.std()) - 1) < 1e-3
     assert torch.equal(data.train.y[: len(digits.train)], digits.train.y)  # the same training digits
 
 
-def test_study_covers_every_seed_and_regime_consistently(result):
-    study = result.study
-    assert result.seeds == (5, 6) and result.regimes == REGIMES
-    exits = len(study.widths)
-    for (seed, _), logits in result.logits.items():
+def test_the_plan_trains_each_backbone_once_and_covers_every_point():
+    budget = tiny_budget(seeds=1)
+    first, second = plan_tasks(budget, (0,))
+    backbones = sorted(t.share for t in first if t.regime is None)
+    assert backbones == [s for s in budget.shares if s > 0]  # one phase-1 run per share, shared by regimes
+    points = {(t.regime, t.share) for t in first if t.regime} | {(r, s) for _, r, s, _ in second}
+    expected = {(r, s) for r in SWEEP_REGIMES for s in budget.shares if 0 < s < 1}
+    expected |= {("joint", 0.0), ("disjoint", 0.0), ("mixed", 1.0), ("mixed_low_lr", budget.main_share)}
+    assert points == expected
+
+
+def test_the_sweeps_budget_accounting(result):
+    budget, steps = result.budget, result.steps
+    total = budget.total_steps
+    for row in steps.itertuples():
+        assert row.phase1_steps == round(row.share * total)  # what the phase-1 run really trained
+        if row.regime == "disjoint":  # early stopping may end phase 3 before its budget
+            assert row.later_steps <= total - row.phase1_steps
+        else:
+            assert row.phase1_steps + row.later_steps == total
+    assert set(steps.share) == set(budget.shares)
+    assert len(steps) == len(result.seeds) * (2 * len(budget.shares) + 2)  # both sweep regimes, joint, low-lr
+    for seed in result.seeds:  # the shared points are the same runs
+        assert torch.equal(result.logits[(seed, "mixed", 0.0)], result.logits[(seed, "joint", 0.0)])
+        assert torch.equal(result.logits[(seed, "mixed", 1.0)], result.logits[(seed, "disjoint", 1.0)])
+    stopping = result.stopping
+    assert ((stopping.best_step <= stopping.stopped_at) & (stopping.stopped_at <= stopping.allowed)).all()
+
+
+def test_the_result_covers_every_seed_and_regime_consistently(result):
+    budget = result.budget
+    exits = len(budget.widths)
+    assert result.seeds == (5, 6)
+    for (seed, _, _), logits in result.logits.items():
         assert logits.shape == (exits, len(result.labels[seed]), 10)
+        assert result.images[seed].shape[0] == len(result.labels[seed])
     assert len(result.costs) == exits and result.relative_costs[-1] > 1.0  # the last exit pays for every head
-    assert set(result.curves.groupby(["seed", "regime"]).size().index) == set(result.logits)
-    assert len(result.exit_accuracy) == len(result.logits) * exits
-    assert len(result.ranks) == len(result.logits) * exits
+    assert len(result.ranks) == len(result.seeds) * len(REGIMES) * exits
     assert (result.ranks["rank"] <= result.ranks.dimension).all()
-    assert len(result.timing) == len(REGIMES) * len(study.timing_thresholds)
+    assert len(result.timing) == 3 * len(budget.timing_thresholds)
     assert len(result.breakdown) == 2 * exits and result.breakdown.flops.sum() == result.costs[-1]
 
 
-def test_the_playground_lookup_matches_the_precomputed_curve(result):
-    for regime in result.regimes:
-        curve = result.curve(regime)
-        stored = result.curves[(result.curves.seed == result.seeds[0]) & (result.curves.regime == regime)]
-        assert np.allclose(curve.accuracy, stored.accuracy) and np.allclose(
-            curve.relative_cost, stored.relative_cost
-        )
-        outcome = result.outcome(regime, 1.0)
-        finals = result.exit_accuracy.query("regime == @regime and seed == @result.seeds[0]").accuracy
-        assert outcome.accuracy == pytest.approx(finals.iloc[-1])
-        assert outcome.histogram.sum() == len(result.labels[result.seeds[0]])
-    with pytest.raises(ValueError, match="seed=99"):
-        result.outcome("joint", 0.5, seed=99)
-    with pytest.raises(ValueError, match="regime='both'"):
-        result.outcome("both", 0.5)
-
-
-def test_budget_tables_and_bands_have_one_entry_per_seed(result):
+def test_tables_agree_with_an_independent_reading_of_the_logits(result):
     table = result.budget_table()
-    assert len(table) == len(result.seeds) * len(result.regimes)
-    assert {"25%", "50%", "75%", "100%", "auc"} <= set(table.columns)
-    grid = result.budget_grid()
-    bands = result.budget_bands(grid)
-    assert all(values.shape == (len(result.seeds), len(grid)) for values in bands.values())
-    assert all(
-        values.shape == (len(result.seeds), len(result.study.widths)) for values in result.rank_bands().values()
-    )
-    comparison = result.compare("mixed", "disjoint", "auc")
-    assert comparison["ahead"] + comparison["behind"] <= comparison["seeds"] == len(result.seeds)
-    assert result.compare("joint", "joint", "auc")["mean_difference"] == 0.0
+    assert len(table) == len(result.seeds) * len(REGIMES)
+    for row in table.itertuples():
+        share = 0.0 if row.regime == "joint" else result.budget.main_share
+        logits = result.logits[(row.seed, row.regime, share)]
+        assert row.last_exit == pytest.approx(
+            float((logits[-1].argmax(-1) == result.labels[row.seed]).double().mean())
+        )
+    bands = result.exit_accuracy_bands()
+    for regime, values in bands.items():
+        assert values[:, -1] == pytest.approx(table[table.regime == regime].last_exit.to_numpy())
+    sweep = result.sweep_bands()
+    assert all(v.shape == (len(result.seeds), len(result.budget.shares)) for v in sweep.values())
+    assert np.allclose(sweep["mixed"][:, 0], table[table.regime == "joint"].auc)  # the sweep's 0 % is joint
+
+
+def test_summary_is_plain_json_and_drives_the_tables(result):
     summary = result.summary()
-    assert set(summary["budget_accuracy"]) == set(REGIMES) and summary["dataset"] == "digits"
-    assert list(result.budget_summary().index) == list(REGIMES)
+    assert json.loads(json.dumps(summary)) == summary
+    assert set(summary["main"]) == set(REGIMES) and summary["dataset"] == "canvas"
+    assert summary["rank_samples"] == 300 and summary["block_dimensions"] == result.budget.block_dimensions()
+    table = paper_rows(summary, None)
+    assert "mixed - disjoint, accuracy at 25% cost" in table.index and (table.iloc[:, 2] == "n/a").all()
+    assert not paper_rows(summary, summary).iloc[:, 2].eq("n/a").all()  # a committed run fills its column
+    text = findings(summary)
+    assert "Mixed vs disjoint" in text and "Phase-1 share" in text
+
+
+def _summary_where(mixed_minus_disjoint):
+    """A summary in which mixed leads disjoint at 25 % cost by the given amounts, seed by seed."""
+    seeds = len(mixed_minus_disjoint)
+    row = {c: [0.5] * seeds for c in ("25%", "50%", "75%", "100%", "auc", "last_exit")}
+    main = {regime: {c: list(v) for c, v in row.items()} for regime in REGIMES}
+    main["mixed"]["25%"] = [0.5 + d for d in mixed_minus_disjoint]
+    return {
+        "dataset": "canvas",
+        "seeds": list(range(seeds)),
+        "total_steps": 100,
+        "main_share": 0.5,
+        "shares": [0.0, 0.5, 1.0],
+        "main": main,
+        "sweep_auc": {r: {"0": [0.4] * seeds, "0.5": [0.5] * seeds, "1": [0.3] * seeds} for r in SWEEP_REGIMES},
+        "disjoint_heads": {"stopped_early": 1, "heads": 3, "mean_best_step_fraction": 0.5},
+        "rank_samples": 100,
+        "block_dimensions": [64, 32],
+        "timing": [],
+    }
+
+
+@pytest.mark.parametrize(
+    "differences, phrase",
+    [
+        ((0.1, 0.2, 0.05), "on every seed, as the paper says"),
+        ((-0.1, -0.2, -0.05), "this run disagrees"),
+        ((0.1, -0.2, 0.05), "does not settle it"),
+    ],
+)
+def test_findings_phrase_each_outcome(differences, phrase):
+    text = findings(_summary_where(differences))
+    first = text.split("\n")[2]  # the mixed-vs-disjoint sentence
+    assert phrase in first
+    ahead = sum(d > 0 for d in differences)
+    assert f"mixed ahead on {ahead}/3 seeds" in first
+    assert "at 50 %, strictly between" in text  # the sweep's best share in this made-up summary
 
 
 def test_same_seed_twice_gives_the_same_logits():
     run = efflab.setup("quick", "cpu", 2, verbose=False)
-    study = with_changes(tiny_study(), seeds=1, rank_samples=50)
-    first, second = run_study(run, study, progress=False), run_study(run, study, progress=False)
+    budget = tiny_budget(seeds=1, total_steps=8, shares=(0.0, 0.5, 1.0), rank_samples=50)
+    first, second = run_experiment(run, budget, progress=False), run_experiment(run, budget, progress=False)
+    assert first.logits.keys() == second.logits.keys()
     assert all(torch.equal(first.logits[key], second.logits[key]) for key in first.logits)
 
 
 def test_stored_networks_exit_where_the_stored_logits_say(result):
     for regime, network in result.networks.items():
-        logits = result.logits[(result.seeds[0], regime)]
+        share = result.share_of(regime)
+        logits = result.logits[(result.seeds[0], regime, share)]
         for threshold in (0.2, 0.5):
             _, exits = network.early_exit_forward(result.test_inputs, threshold)
             assert torch.equal(exits, choose_exits(logits, threshold))
@@ -133,41 +234,44 @@ def test_example_indices_pick_samples_from_the_right_exit():
 
 def test_figures_build_from_the_result(result):
     grid = result.budget_grid(21)
+    summary = result.summary()
     figures = [
         early_exit_plots.cost_accuracy_bands(grid, result.budget_bands(grid), exit_costs=result.relative_costs),
         early_exit_plots.per_exit_accuracy(result.exit_accuracy_bands(), result.relative_costs),
         early_exit_plots.breakdown_figure(result.breakdown),
-        early_exit_plots.rank_figure(result.rank_bands("rank_fraction"), [8, 8, 8]),
+        early_exit_plots.rank_figure(result.rank_bands(), summary["block_dimensions"], summary["rank_samples"]),
+        early_exit_plots.sweep_figure(result.budget.shares, result.sweep_bands(), result.budget.total_steps),
         early_exit_plots.speed_figure(result.timing),
         early_exit_plots.rule_comparison(
             {(r, rule): result.curve(r, rule=rule) for r in REGIMES for rule in ("confidence", "entropy")}
         ),
     ]
     assert all(isinstance(figure, go.Figure) and figure.data for figure in figures)
+    assert "more than any block's dimension" in figures[3].layout.title.text
+    assert "caps the rank" in early_exit_plots.rank_figure(result.rank_bands(), [10, 300], 200).layout.title.text
 
 
-def test_the_playground_explorer_answers_from_precomputed_results(result):
-    images, labels = result.images.numpy(), result.labels[result.seeds[0]].tolist()
-    curves = {regime: result.curve(regime) for regime in REGIMES}
+def test_every_playground_control_visibly_answers(result):
+    playground = early_exit_plots.playground(result, examples_per_exit=3)
 
-    def render(regime, threshold):
-        outcome = result.outcome(regime, threshold)
-        chosen = example_indices(outcome.exits, 3, len(result.costs))
-        return early_exit_plots.playground_figure(
-            curves, regime, outcome, result.relative_costs, images, chosen, labels
-        )
+    def histogram():
+        return list(next(trace for trace in playground.last.data if trace.type == "bar").y)
 
-    def histogram(figure):
-        return next(trace for trace in figure.data if trace.type == "bar").y
-
-    playground = explorer(
-        render, regime=dropdown("regime", REGIMES), threshold=slider("threshold", (0.0, 0.5, 1.0))
-    )
-    playground.controls["threshold"].value = 1.0
-    assert list(histogram(playground.last)) == [0] * (len(result.costs) - 1) + [len(labels)]  # nobody leaves early
-    heatmaps = [trace for trace in playground.last.data if trace.type == "heatmap"]
-    assert len(heatmaps) == min(3, len(labels))  # only the last exit has examples to show
-    playground.controls["threshold"].value = 0.0
-    assert histogram(playground.last)[0] == len(labels)  # everyone leaves at the first exit
-    playground.controls["regime"].value = "mixed"
-    assert playground.renders == 4 and playground.last.layout.annotations[0].text.startswith("mixed")
+    labels = result.labels[result.seeds[0]]
+    n_exits = len(result.costs)
+    playground.controls["threshold"].value = 1.0  # nobody leaves early
+    assert histogram() == [0] * (n_exits - 1) + [len(labels)]
+    final = result.logits[(result.seeds[0], "mixed", result.budget.main_share)][-1]
+    assert f"accuracy {float((final.argmax(-1) == labels).float().mean()):.3f}" in playground.status.value
+    playground.controls["threshold"].value = 0.0  # everyone leaves at the first exit
+    assert histogram()[0] == len(labels)
+    before = playground.status.value
+    playground.controls["share"].value = 0.0
+    assert "phase 1 at 0 %" in playground.status.value and playground.status.value != before
+    playground.controls["seed"].value = result.seeds[1]
+    assert f"seed {result.seeds[1]}" in playground.status.value
+    playground.controls["regime"].value = "joint"
+    assert "does not apply" in playground.status.value  # joint has no phase 1, and says so
+    playground.controls["regime"].value = "mixed_low_lr"
+    assert "trained at 50 % only" in playground.status.value
+    assert playground.renders == 7

@@ -252,7 +252,7 @@ def test_removing_channels_gives_the_accuracy_the_game_predicted(model, digits):
     kept = torch.tensor([[True, False, True, True, False]])
     pruned = sh.remove_channels(copy.deepcopy(model), "features.0.conv", [1, 4], digits.train.x[:2])
     assert pruned.features[0].conv.out_channels == 3 and pruned.features[1].conv.in_channels == 3
-    accuracy = classification_metrics(pruned.eval(), digits.test.x, digits.test.y)["val_accuracy"]
+    accuracy = classification_metrics(pruned.eval(), digits.test.x, digits.test.y, prefix="test")["test_accuracy"]
     assert accuracy == pytest.approx(float(game.outcomes(kept)["accuracy"][0]), abs=1e-12)
 
 

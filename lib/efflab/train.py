@@ -167,9 +167,11 @@ def run_evaluation(model: nn.Module, evaluate: Callable[[nn.Module], dict[str, f
     return {name: float(value) for name, value in metrics.items()}
 
 
-def classification_metrics(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1024):
-    """Loss and accuracy of a classifier on a whole split, in chunks of ``batch_size``."""
+def classification_metrics(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1024, prefix: str = "val"):
+    """Loss and accuracy of a classifier on a whole split, in chunks of ``batch_size``, keyed by the split:
+    ``{prefix}_loss`` and ``{prefix}_accuracy`` (``prefix="test"`` when the split is the test set)."""
     check_int("batch_size", batch_size, low=1)
+    check_choice("prefix", prefix, ("train", "val", "test"))
     device = next(model.parameters()).device
     total_loss, correct = 0.0, 0
     for start in range(0, len(x), batch_size):
@@ -177,7 +179,7 @@ def classification_metrics(model: nn.Module, x: Tensor, y: Tensor, batch_size: i
         target = y[start : start + batch_size].to(device)
         total_loss += F.cross_entropy(logits, target, reduction="sum").item()
         correct += (logits.argmax(-1) == target).sum().item()
-    return {"val_loss": total_loss / len(x), "val_accuracy": correct / len(x)}
+    return {f"{prefix}_loss": total_loss / len(x), f"{prefix}_accuracy": correct / len(x)}
 
 
 def language_model_loss(

@@ -22,9 +22,15 @@ A regime is a sequence of phases. **Disjoint** is 1 then 3 (train a network, the
 **joint** is 2 alone, from scratch (heads and backbone grow up together); **mixed**, the one the paper proposes,
 is 1 then 2 (train the backbone first, then let the heads reshape it). Frozen means frozen in *eval mode* too:
 normalisation layers stop updating their running statistics, so the disjoint model's last exit is bit for bit the
-backbone it started from. The second phase of mixed starts from a converged backbone, so it gets a fresh
-optimiser and a lower learning rate than phase 1; at the phase-1 rate the restart can knock the backbone out of
-its minimum and undo phase 1.
+backbone it started from. In the authors' code phase 3 stops each head early on validation accuracy and reloads
+its best state, and mixed's phase 2 restarts the optimiser at the phase-1 learning rate with a cosine decay; we
+follow both. The course also trains a named variant, **mixed_low_lr**, whose phase 2 moves the backbone at a
+lower rate: a guard that this course's own first prototype suggested, after a phase-2 restart at the full rate
+wrecked its backbone (not a warning from the paper).
+
+**Phase-1 share.** With a fixed budget of T steps, a share s in [0, 1] gives phase 1 round(s T) steps and the
+later phase the rest: mixed at s = 0 is joint, and at s = 1 no head ever trains. The authors sweep s over 0, 25,
+50, 75 and 100 % (their ResNet-50 scripts) to ask where mixed should switch.
 
 **The exit rule.** At inference the exits are tried in order, and a sample leaves at the first head whose
 confidence (the largest softmax probability) is *strictly* above a threshold t; a sample that no head is sure
@@ -51,8 +57,9 @@ from __future__ import annotations
 import copy
 import math
 import statistics
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -62,10 +69,11 @@ from torch import Tensor, nn
 
 from efflab.flops import module_forward_flops
 from efflab.runtime import Timer
-from efflab.train import TrainConfig, cross_entropy, fit
+from efflab.train import TrainConfig, cross_entropy, fit, lr_factor, make_optimizer
 from efflab.validation import check_choice, check_fraction, check_int, check_positive
 
-REGIMES = ("disjoint", "joint", "mixed")
+PAPER_REGIMES = ("disjoint", "joint", "mixed")  # the paper's three, mixed as the authors run it
+REGIMES = (*PAPER_REGIMES, "mixed_low_lr")  # plus the course's variant of mixed (see RegimeSchedule)
 EXIT_RULES = ("confidence", "entropy")
 BUDGET_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 
@@ -299,47 +307,76 @@ class Phase:
 
 @dataclass(frozen=True)
 class RegimeSchedule:
-    """Phase lengths and learning rates shared by the three regimes, so that they get the same step budget.
+    """Phase lengths and learning rates shared by the regimes, so that every regime gets the same step budget.
 
     ``backbone_steps`` is phase 1; ``exit_steps`` is what follows it (phase 3 for disjoint, phase 2 for mixed).
-    Joint, which has no phase 1, trains everything for ``backbone_steps + exit_steps`` at ``backbone_lr``.
+    Joint, which has no phase 1, trains everything for ``backbone_steps + exit_steps`` at ``backbone_lr``. Either
+    length may be 0 (the phase-share sweep goes from 0 % to 100 % phase 1), not both; a phase of 0 steps is left
+    out, so mixed with no phase 1 *is* joint, and a regime with no later phase keeps untrained heads.
 
-    The heads that are added to a trained backbone (disjoint's phase 3, mixed's phase 2) learn from scratch at
-    ``heads_lr`` in both regimes, so those two differ only in whether the backbone moves too. In mixed it does,
-    at ``mixed_lr``: it starts from a converged backbone and should be lower than ``backbone_lr``, or the
-    restart can throw the backbone out of the minimum phase 1 found. (The authors' code runs phase 2 at one rate
-    for all parameters; splitting it keeps the new heads from learning ``backbone_lr / mixed_lr`` times slower
-    than disjoint's, which would tilt the comparison.) Each phase has a fresh AdamW optimiser with a linear
-    warmup and a cosine decay to ``min_lr_ratio`` of its peak.
+    **Mixed, as the authors run it** (their ResNet-50 scripts): phase 2 starts a fresh optimiser at the phase-1
+    peak rate ``backbone_lr``, for backbone and heads alike, with a cosine decay over the remaining steps.
+    **mixed_low_lr**, the course's variant: phase 2 moves the backbone at the lower ``mixed_lr`` while the new
+    heads learn at ``heads_lr``; the course's first prototype saw its backbone collapse when phase 2 restarted
+    at the phase-1 rate, which is why the course tried it. Both are trained, so the notebook shows what the
+    lower rate changes.
+
+    **Disjoint's phase 3** trains the heads on the frozen backbone for at most ``exit_steps`` steps, stopping each
+    head early on validation accuracy (checked every ``check_every`` steps, ``patience`` checks without a gain)
+    and reloading its best state, as the authors' code does (:func:`train_heads_early_stopping`).
+
+    Every phase has a fresh AdamW optimiser with a linear warmup and a cosine decay to ``min_lr_ratio`` of its
+    peak.
     """
 
     backbone_steps: int
     exit_steps: int
     backbone_lr: float = 3e-3
     mixed_lr: float = 1e-3
-    heads_lr: float = 3e-3
+    heads_lr: float | None = None  # None: the backbone's rate, as in the authors' code
     warmup_steps: int = 20
     weight_decay: float = 0.0
     min_lr_ratio: float = 0.05
+    check_every: int = 25
+    patience: int = 4
 
     def __post_init__(self):
-        check_int("backbone_steps", self.backbone_steps, low=1)
-        check_int("exit_steps", self.exit_steps, low=1)
+        check_int("backbone_steps", self.backbone_steps, low=0)
+        check_int("exit_steps", self.exit_steps, low=0)
+        if self.backbone_steps + self.exit_steps == 0:
+            raise ValueError("backbone_steps=0 and exit_steps=0 is not allowed; expected at least 1 step in all")
+        object.__setattr__(self, "heads_lr", self.backbone_lr if self.heads_lr is None else self.heads_lr)
         for name in ("backbone_lr", "mixed_lr", "heads_lr"):
             check_positive(name, getattr(self, name))
         check_int("warmup_steps", self.warmup_steps, low=0)  # a phase shorter than this warms up throughout
         check_positive("weight_decay", self.weight_decay, allow_zero=True)
         check_fraction("min_lr_ratio", self.min_lr_ratio, inclusive=True)
+        check_int("check_every", self.check_every, low=1)
+        check_int("patience", self.patience, low=1)
+
+    @property
+    def total_steps(self) -> int:
+        return self.backbone_steps + self.exit_steps
+
+    def with_share(self, share: float) -> RegimeSchedule:
+        """The same total budget with ``share`` of it in phase 1 (rounded to whole steps), the rest after it."""
+        check_fraction("share", share, inclusive=True)
+        first = round(share * self.total_steps)
+        return replace(self, backbone_steps=first, exit_steps=self.total_steps - first)
 
     def phases(self, regime: str) -> tuple[Phase, ...]:
-        """The regime as a sequence of phases (section 3 of the paper)."""
+        """The regime as a sequence of phases (section 3 of the paper); phases of 0 steps are left out."""
         check_regime(regime)
-        backbone = Phase("backbone", self.backbone_steps, self.backbone_lr)
-        if regime == "disjoint":
-            return backbone, Phase("heads", self.exit_steps, self.heads_lr)
         if regime == "joint":
-            return (Phase("joint", self.backbone_steps + self.exit_steps, self.backbone_lr),)
-        return backbone, Phase("joint", self.exit_steps, self.mixed_lr, heads_lr=self.heads_lr)
+            return (Phase("joint", self.total_steps, self.backbone_lr),)
+        first = (Phase("backbone", self.backbone_steps, self.backbone_lr),) if self.backbone_steps else ()
+        if not self.exit_steps:
+            return first
+        if regime == "disjoint":
+            return (*first, Phase("heads", self.exit_steps, self.heads_lr))
+        if regime == "mixed":
+            return (*first, Phase("joint", self.exit_steps, self.backbone_lr))
+        return (*first, Phase("joint", self.exit_steps, self.mixed_lr, heads_lr=self.heads_lr))
 
     def train_config(self, phase: Phase) -> TrainConfig:
         return TrainConfig(
@@ -361,10 +398,15 @@ def run_phase(
     batches: Iterable[Batch] | Callable[[], Batch],
     schedule: RegimeSchedule,
     *,
+    validation: Batch | None = None,
     progress: bool | None = None,
     description: str | None = None,
 ) -> pd.DataFrame:
-    """Train one phase with the course loop (:func:`efflab.train.fit`) and return its history."""
+    """Train one phase with the course loop (:func:`efflab.train.fit`) and return its history.
+
+    A "heads" phase needs ``validation`` data (x, y): it stops each head early on it
+    (:func:`train_heads_early_stopping`).
+    """
     config = schedule.train_config(phase)
     description = description or phase.trains
     if phase.trains == "backbone":
@@ -373,65 +415,186 @@ def run_phase(
             network.backbone, batches, config, loss_fn=cross_entropy, progress=progress, description=description
         )
     if phase.trains == "heads":
-        network.freeze_backbone()
-        groups = [{"params": network.head_parameters(), "name": "heads"}]
-    else:
-        network.unfreeze_backbone()
-        groups = [
-            {"params": list(network.backbone.parameters()), "name": "backbone"},
-            {"params": network.head_parameters(), "name": "heads", "lr_scale": phase.heads_lr / phase.lr},
-        ]
+        if validation is None:
+            raise ValueError("validation=None is not allowed for a heads phase; expected (x, y) to stop heads on")
+        history, _ = train_heads_early_stopping(
+            network, batches, config, validation, check_every=schedule.check_every, patience=schedule.patience
+        )
+        return history
+    network.unfreeze_backbone()
+    groups = [
+        {"params": list(network.backbone.parameters()), "name": "backbone"},
+        {"params": network.head_parameters(), "name": "heads", "lr_scale": phase.heads_lr / phase.lr},
+    ]
     return fit(
-        network, batches, config, param_groups=groups, loss_fn=multi_exit_loss, progress=progress,
+        network,
+        batches,
+        config,
+        param_groups=groups,
+        loss_fn=multi_exit_loss,
+        progress=progress,
         description=description,
-    )  # fmt: skip
+    )
 
 
-def train_regimes(
-    make_network: Callable[[], EarlyExitNetwork],
-    batches: Callable[[int], Iterable[Batch] | Callable[[], Batch]],
-    schedule: RegimeSchedule,
-    regimes: Sequence[str] = REGIMES,
+@dataclass(frozen=True)
+class HeadStopping:
+    """What early stopping did to each internal head: the step of its best check, the step it stopped at, the
+    best validation accuracy, and every check's validation accuracy (checks x heads)."""
+
+    best_step: tuple[int, ...]
+    stopped_at: tuple[int, ...]
+    best_accuracy: tuple[float, ...]
+    checks: pd.DataFrame  # step, then one column per head: "head 1", ...
+
+
+@torch.no_grad()
+def head_accuracies(network: EarlyExitNetwork, x: Tensor, y: Tensor) -> list[float]:
+    """Validation accuracy of every internal head (not the final exit), in eval mode."""
+    was_training = network.training
+    network.eval()
+    logits = network.forward_until(x, network.num_exits - 2) if network.heads else []
+    network.train(was_training)
+    return [float((head.argmax(-1) == y).float().mean()) for head in logits]
+
+
+def train_heads_early_stopping(
+    network: EarlyExitNetwork,
+    batches: Iterable[Batch] | Callable[[], Batch],
+    config: TrainConfig,
+    validation: Batch,
     *,
-    progress: bool | None = None,
-) -> dict[str, tuple[EarlyExitNetwork, pd.DataFrame]]:
-    """Train every regime; disjoint and mixed share one phase-1 backbone, as in the paper's code.
+    check_every: int,
+    patience: int,
+) -> tuple[pd.DataFrame, HeadStopping]:
+    """Phase 3: train the heads on the frozen backbone, stopping each one early on validation accuracy.
 
-    ``make_network()`` builds a fresh untrained network (seed the RNG before calling this for reproducibility);
-    ``batches(i)`` returns the batch stream of the i-th phase of a regime, so phase 1 and what follows it draw
-    different (seeded) batch orders. Returns ``{regime: (trained network, history)}``; the history's ``phase``
-    column says which phase each step belongs to.
+    Each step minimises the paper's loss L restricted to the heads still training (the final exit belongs to
+    the frozen backbone, so its term has no gradient; a stopped head's term is dropped; the others keep the
+    1/H weight). Every ``check_every`` steps (and after the last) each head's validation accuracy is measured;
+    a head that beats its best so far has its state saved, one that has not improved for ``patience`` checks
+    stops training. At the end every head reloads its best state. The authors' stopper
+    (``EarlyStopperEarlyExit``) also counts patience per head, but saves the whole model whenever any head
+    improves and stops when all have run out; with the backbone frozen the heads are independent, so we keep
+    each head's own best. Because the backbone cannot change, its forward pass runs without gradients.
+
+    Returns the history (step, lr, loss, seconds, heads_training) and a :class:`HeadStopping`.
     """
-    for regime in regimes:
-        check_regime(regime)
-    trained: dict[str, tuple[EarlyExitNetwork, pd.DataFrame]] = {}
-    base = make_network()
-    pretrained: tuple[EarlyExitNetwork, pd.DataFrame] | None = None
-    for regime in regimes:
-        phases = schedule.phases(regime)
-        histories = []
-        if phases[0].trains == "backbone":
-            if pretrained is None:
-                network = copy.deepcopy(base)
-                history = run_phase(
-                    network, phases[0], batches(0), schedule, progress=progress, description="phase 1"
-                )
-                pretrained = network, history.assign(phase=1)
-            network, history = copy.deepcopy(pretrained[0]), pretrained[1]
-            histories.append(history)
-            later = phases[1:]
+    check_int("check_every", check_every, low=1)
+    check_int("patience", patience, low=1)
+    network.freeze_backbone()
+    heads = list(network.heads)
+    device = next(network.parameters()).device
+    x_val, y_val = (t.to(device) for t in validation)
+    groups = [{"params": list(head.parameters()), "name": f"head {h + 1}"} for h, head in enumerate(heads)]
+    optimizer = make_optimizer(network, config, groups)
+    next_batch = batches if callable(batches) else _next_of(iter(batches))
+    active = [True] * len(heads)
+    best = [-math.inf] * len(heads)
+    best_state = [copy.deepcopy(head.state_dict()) for head in heads]
+    best_step, stopped_at, waited = [0] * len(heads), [config.steps] * len(heads), [0] * len(heads)
+    rows, checks = [], []
+    heads_at = dict(zip(network.place_at, range(len(heads)), strict=True))
+    start = time.perf_counter()
+    for step in range(config.steps):
+        if not any(active):
+            break
+        factor = lr_factor(step, config)
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * group["lr_scale"] * factor
+        network.train()  # the heads train; the frozen backbone stays in eval mode
+        x, y = (t.to(device) for t in next_batch())
+        losses = []
+        with torch.no_grad():
+            hidden, inputs = x, {}
+            for index, stage in enumerate(network.stages[: max(network.place_at) + 1]):
+                hidden = stage(hidden)
+                if index in heads_at and active[heads_at[index]]:
+                    inputs[heads_at[index]] = hidden
+        for h, features in inputs.items():
+            losses.append(F.cross_entropy(heads[h](features), y))
+        loss = torch.stack(losses).sum() / network.num_exits
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip is not None:
+            nn.utils.clip_grad_norm_(network.head_parameters(), config.grad_clip)
+        optimizer.step()  # a stopped head has no gradient, so AdamW leaves it alone
+        rows.append(dict(step=step + 1, lr=config.lr * factor, loss=loss.item(), heads_training=sum(active)))
+        if (step + 1) % check_every == 0 or step + 1 == config.steps:
+            accuracy = head_accuracies(network, x_val, y_val)
+            checks.append({"step": step + 1, **{f"head {h + 1}": a for h, a in enumerate(accuracy)}})
+            for h, value in enumerate(accuracy):
+                if not active[h]:
+                    continue
+                if value > best[h]:
+                    best[h], best_step[h], waited[h] = value, step + 1, 0
+                    best_state[h] = copy.deepcopy(heads[h].state_dict())
+                else:
+                    waited[h] += 1
+                    if waited[h] >= patience:
+                        active[h], stopped_at[h] = False, step + 1
+                        heads[h].requires_grad_(False)
+        rows[-1]["seconds"] = time.perf_counter() - start
+    for head, state in zip(heads, best_state, strict=True):
+        head.load_state_dict(state)
+        head.requires_grad_(True)
+    stopping = HeadStopping(
+        best_step=tuple(best_step),
+        stopped_at=tuple(min(s, len(rows)) for s in stopped_at),
+        best_accuracy=tuple(best),
+        checks=pd.DataFrame(checks),
+    )
+    return pd.DataFrame(rows), stopping
+
+
+def _next_of(iterator: Iterator[Batch]) -> Callable[[], Batch]:
+    return lambda: next(iterator)
+
+
+def train_regime(
+    network: EarlyExitNetwork,
+    regime: str,
+    schedule: RegimeSchedule,
+    batches: Callable[[int], Iterable[Batch] | Callable[[], Batch]],
+    *,
+    validation: Batch | None = None,
+    skip_backbone: bool = False,
+    progress: bool | None = None,
+) -> pd.DataFrame:
+    """Train ``network`` along ``regime`` in place; the history's ``phase`` column numbers the phases 1-3.
+
+    ``batches(i)`` is the batch stream of the regime's i-th phase, so phase 1 and what follows it draw different
+    (seeded) batch orders. With ``skip_backbone`` the network already holds a phase-1 backbone (shared between
+    regimes, as in the authors' code) and only the later phases run; their streams keep their numbers. After a
+    heads phase, ``history.attrs["stopping"]`` holds its :class:`HeadStopping`.
+    """
+    phases = schedule.phases(regime)
+    histories, stopping = [], None
+    for index, phase in enumerate(phases):
+        number = {"backbone": 1, "joint": 2, "heads": 3}[phase.trains]
+        if number == 1 and skip_backbone:
+            continue
+        if number == 3:
+            if validation is None:
+                raise ValueError("validation=None is not allowed for a heads phase; expected (x, y) to stop on")
+            history, stopping = train_heads_early_stopping(
+                network,
+                batches(index),
+                schedule.train_config(phase),
+                validation,
+                check_every=schedule.check_every,
+                patience=schedule.patience,
+            )
         else:
-            network, later = copy.deepcopy(base), phases
-        for phase in later:
-            number = 3 if phase.trains == "heads" else 2
             history = run_phase(
-                network, phase, batches(len(histories)), schedule, progress=progress,
-                description=f"{regime} phase {number}",
-            )  # fmt: skip
-            histories.append(history.assign(phase=number))
-        network.eval()
-        trained[regime] = network, pd.concat(histories, ignore_index=True)
-    return trained
+                network, phase, batches(index), schedule, progress=progress, description=f"{regime} phase {number}"
+            )
+        histories.append(history.assign(phase=number))
+    network.eval()
+    columns = ["step", "lr", "loss", "seconds", "phase"]
+    history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame(columns=columns)
+    history.attrs["stopping"] = stopping
+    return history
 
 
 # ---------------------------------------------------------------------------------------------------------------

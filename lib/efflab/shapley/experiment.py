@@ -2,35 +2,40 @@
 
 For each seed we split the digits, train the course CNN, and for every layer in ``exact_layers`` evaluate all
 ``2^n`` coalitions of its channels on the validation split (:func:`efflab.shapley.values.tabulate`). That table is
-ground truth: exact Shapley values, the oracle sets of every size, and a free replay of any estimator, which is
-charged exactly the coalitions it would have evaluated on the live network. Then:
+ground truth: exact Shapley values, the oracle sets of every size in both directions, the **Oracle rank** built
+from them (our construction, inferred from the paper's text and the authors' code), and a free replay of any
+estimator, charged exactly the coalitions it would have evaluated on the live network. Then:
 
-1. **cost-benefit**: every estimator at every budget (and several sampling seeds) against the exact values;
-2. **oracle agreement**: each ranking's bottom ``o`` channels against the best removal set of size ``o``;
-3. **pruning one layer**: test accuracy after removing the ``k`` lowest-ranked channels, right away (for every
+1. **the benchmark**: every estimator at every budget (and several sampling seeds), scored by Kendall's τ against
+   the Oracle rank and against the exact values, and by the authors' accuracy of removal and of adding
+   (oracle set sizes 1..5);
+2. **pruning one layer**: test accuracy after removing the ``k`` lowest-ranked channels, right away (for every
    ``k``, in one batch of coalitions on the test split) and after a short fine-tune (a few ``k``);
-4. **pruning the whole network**: every layer in turn loses the same share of channels by a cheap estimator,
+3. **pruning the whole network**: every layer in turn loses the same share of channels by a cheap estimator,
    then the network is fine-tuned once; norms and random removal at the same widths are the controls.
 
-Budgets live here (:meth:`ShapleyStudy.quick` / :meth:`ShapleyStudy.full`); the notebook only picks one.
+Each seed is one task of :func:`efflab.parallel.run_all`. The contract (see :mod:`efflab.experiment`):
+:class:`ShapleyBudget`, :func:`run_experiment` returning a :class:`StudyResult` whose
+:meth:`~StudyResult.summary` holds every headline number; :func:`paper_rows` and :func:`findings` read only that.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from efflab.data.digits import Digits, Split, infinite_batches, load_digits
+from efflab.data.digits import Digits, infinite_batches, load_digits
+from efflab.experiment import Budget, committed_device, paper_table, seeds_for, spread
 from efflab.finetune import FinetuneBudget, finetune, scheduled_count
 from efflab.flops import count_parameters, module_forward_flops
 from efflab.models.cnn import CNN, CNNConfig
-from efflab.runtime import Run, Timer, seed_everything, torch_threads
+from efflab.parallel import run_all, task_progress
+from efflab.runtime import Run, Timer, seed_everything
 from efflab.shapley.values import (
     PAYOFFS,
     ChannelGame,
@@ -41,7 +46,9 @@ from efflab.shapley.values import (
     exact_shapley,
     leave_one_out,
     norm_scores,
+    oracle_accuracy,
     oracle_agreement,
+    oracle_rank,
     oracle_sets,
     partial_shapley,
     permutation_shapley,
@@ -53,14 +60,15 @@ from efflab.shapley.values import (
     remove_channels,
     tabulate,
 )
-from efflab.train import TrainConfig, classification_metrics, fit, progress_enabled, run_evaluation
-from efflab.validation import check_choice, check_fraction, check_int, check_positive, check_seed
+from efflab.train import TrainConfig, classification_metrics, fit, run_evaluation
+from efflab.validation import check_choice, check_fraction, check_int, check_positive
 
 # Estimator families; the ones with a budget take it as their "setting" (K, M or m).
 FAMILIES = (
     "exact Shapley",
     "leave-one-out",
     "partial Shapley",
+    "partial Shapley (adding)",
     "permutations",
     "truncated permutations",
     "kernel regression",
@@ -91,6 +99,8 @@ def estimate(
         return leave_one_out(game)
     if family == "partial Shapley":
         return partial_shapley(game, setting)
+    if family == "partial Shapley (adding)":
+        return partial_shapley(game, setting, direction="adding")
     if family in ("permutations", "truncated permutations"):
         cut = truncation if family == "truncated permutations" else None
         return permutation_shapley(game, setting, seed=seed, truncation=cut)
@@ -103,17 +113,12 @@ def estimate(
     return random_scores(game.players, seed=seed)
 
 
-def summary_sizes(players: int) -> list[int]:
-    """The removal sizes that the one-number oracle agreement averages over: 1 to half the layer.
-
-    Larger sizes are shown by size but left out of the average: as ``o`` nears ``n`` any ranking overlaps the
-    oracle set almost entirely, and the baseline ``o/n`` with it.
-    """
-    return list(range(1, players // 2 + 1))
+NAME = "02_shapley_pruning"
+PARTIAL = ("partial Shapley", "partial Shapley (adding)")
 
 
 @dataclass(frozen=True)
-class ShapleyStudy:
+class ShapleyBudget(Budget):
     """What one run covers and how much compute each part gets.
 
     ``matched`` sets the budget at which estimators are compared head to head: about ``matched · n`` coalition
@@ -140,8 +145,8 @@ class ShapleyStudy:
     network_ratio: float
     network_permutations: int
     network_finetune_steps: int
+    oracle_sizes: int = 5  # the authors score rankings against oracle sets of sizes 1..5
     chunk: int = 2**19
-    threads: int | None = None  # None keeps torch's setting
 
     def __post_init__(self):
         config = self.model_config()  # validates the widths
@@ -172,63 +177,66 @@ class ShapleyStudy:
         check_fraction("network_ratio", self.network_ratio)
         check_int("network_permutations", self.network_permutations, low=1)
         check_int("network_finetune_steps", self.network_finetune_steps, low=0)
+        check_int("oracle_sizes", self.oracle_sizes, low=1)
         check_int("chunk", self.chunk, low=1)
-        if self.threads is not None:
-            check_int("threads", self.threads, low=1)
 
     @classmethod
-    def quick(cls) -> ShapleyStudy:
+    def quick(cls) -> ShapleyBudget:
         """About a minute on two CPU cores: a 12-16 channel CNN, both conv layers exact (4,096 and 65,536
         coalitions on the 269 validation digits), 3 seeds."""
         return cls(
-            widths=(12, 16), hidden=64, train_steps=300, batch_size=128, lr=3e-3, seeds=3,
-            exact_layers=("features.0.conv", "features.1.conv"), partial_orders=(1, 2, 3, 4),
-            permutations=(1, 2, 5, 10, 20, 50, 100), regression_samples=(8, 16, 32, 64, 128, 256, 512, 1024),
-            repeats=5, truncation=0.05, matched=10,
-            finetune_layer="features.1.conv", finetune_removals=(4, 8, 12), finetune_steps=45, finetune_lr=1e-3,
-            network_ratio=0.5, network_permutations=10, network_finetune_steps=90, chunk=2**19, threads=1,
-        )  # fmt: skip
+            widths=(12, 16),
+            hidden=64,
+            train_steps=300,
+            batch_size=128,
+            lr=3e-3,
+            seeds=3,
+            exact_layers=("features.0.conv", "features.1.conv"),
+            partial_orders=(1, 2, 3, 4),
+            permutations=(1, 2, 5, 10, 20, 50, 100),
+            regression_samples=(8, 16, 32, 64, 128, 256, 512, 1024),
+            repeats=5,
+            truncation=0.05,
+            matched=10,
+            finetune_layer="features.1.conv",
+            finetune_removals=(4, 8, 12),
+            finetune_steps=45,
+            finetune_lr=1e-3,
+            network_ratio=0.5,
+            network_permutations=10,
+            network_finetune_steps=90,
+            chunk=2**19,
+        )
 
     @classmethod
-    def full(cls) -> ShapleyStudy:
+    def full(cls) -> ShapleyBudget:
         """For one GPU: both layers at 16 channels (65,536 coalitions each), 5 seeds, more budgets and repeats."""
         return cls(
-            widths=(16, 16), hidden=64, train_steps=600, batch_size=128, lr=3e-3, seeds=5,
-            exact_layers=("features.0.conv", "features.1.conv"), partial_orders=(1, 2, 3, 4, 5, 6),
+            widths=(16, 16),
+            hidden=64,
+            train_steps=600,
+            batch_size=128,
+            lr=3e-3,
+            seeds=5,
+            exact_layers=("features.0.conv", "features.1.conv"),
+            partial_orders=(1, 2, 3, 4, 5, 6),
             permutations=(1, 2, 5, 10, 20, 50, 100, 200, 500),
             regression_samples=(8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192),
-            repeats=10, truncation=0.05, matched=10,
-            finetune_layer="features.1.conv", finetune_removals=(4, 8, 12, 14), finetune_steps=90,
-            finetune_lr=1e-3, network_ratio=0.5, network_permutations=20, network_finetune_steps=270,
-            chunk=2**23, threads=None,
-        )  # fmt: skip
-
-    @classmethod
-    def for_run(cls, run: Run) -> ShapleyStudy:
-        return cls.quick() if run.quick else cls.full()
+            repeats=10,
+            truncation=0.05,
+            matched=10,
+            finetune_layer="features.1.conv",
+            finetune_removals=(4, 8, 12, 14),
+            finetune_steps=90,
+            finetune_lr=1e-3,
+            network_ratio=0.5,
+            network_permutations=20,
+            network_finetune_steps=270,
+            chunk=2**23,
+        )
 
     def model_config(self) -> CNNConfig:
         return CNNConfig(widths=self.widths, hidden=self.hidden, image_size=8)
-
-    def describe(self) -> str:
-        """What this budget runs, in a few lines."""
-        games = ", ".join(
-            f"{layer} ({self.width(layer)} ch, {2 ** self.width(layer):,} coalitions)"
-            for layer in self.exact_layers
-        )
-        return "\n".join(
-            [
-                f"CNN widths {self.widths}, hidden {self.hidden}, {self.train_steps} steps; {self.seeds} seeds",
-                f"exact games: {games}",
-                f"estimators: partial K {self.partial_orders}, M {self.permutations} orders, "
-                f"m {self.regression_samples} samples, {self.repeats} draws each; matched budget ~{self.matched}n",
-                f"one layer pruned for real: {self.finetune_layer}, k {self.finetune_removals}, "
-                f"{self.finetune_steps} fine-tuning steps",
-                f"whole network: {self.network_ratio:.0%} of every layer by permutations (M = "
-                f"{self.network_permutations}), leave-one-out, L1 norm or random; "
-                f"{self.network_finetune_steps} fine-tuning steps",
-            ]
-        )
 
     def width(self, layer: str) -> int:
         """The number of channels (players) of a layer of the unpruned model."""
@@ -238,7 +246,7 @@ class ShapleyStudy:
         """The budgets a family is run at on a layer of ``players`` channels (``[None]`` when it has none)."""
         check_choice("family", family, FAMILIES)
         matched = self.matched_setting(family, players)
-        if family == "partial Shapley":
+        if family in PARTIAL:
             return sorted({order for order in self.partial_orders if order <= players} | {matched})
         if family in ("permutations", "truncated permutations"):
             return sorted({*self.permutations, matched})
@@ -248,7 +256,7 @@ class ShapleyStudy:
 
     def matched_setting(self, family: str, players: int) -> int | None:
         """The head-to-head budget: about ``matched · n`` evaluations (see the class docstring)."""
-        if family == "partial Shapley":
+        if family in PARTIAL:
             return min(2, players)
         if family in ("permutations", "truncated permutations"):
             return self.matched
@@ -257,32 +265,26 @@ class ShapleyStudy:
         return None
 
 
-def train_model(study: ShapleyStudy, data: Digits, seed: int, device: torch.device | str = "cpu") -> CNN:
-    """Train the dense CNN with the course's training loop (on ``study.threads`` CPU threads)."""
+def train_model(study: ShapleyBudget, data: Digits, seed: int, device: torch.device | str = "cpu") -> CNN:
+    """Train the dense CNN with the course's training loop."""
     seed_everything(seed)
     model = CNN(study.model_config()).to(device)
     config = TrainConfig(steps=study.train_steps, lr=study.lr, warmup_steps=min(20, study.train_steps))
     batches = infinite_batches(data.train, min(study.batch_size, len(data.train)), seed=seed)
-    with torch_threads(study.threads):
-        fit(model, batches, config, progress=False)
+    fit(model, batches, config, progress=False)
     return model.eval()
 
 
-def _on(data: Digits, device: torch.device | str) -> Digits:
-    splits = {name: getattr(data, name) for name in ("train", "val", "test")}
-    moved = {name: Split(split.x.to(device), split.y.to(device)) for name, split in splits.items()}
-    return Digits(**moved, mean=data.mean, std=data.std)
-
-
 def _test_accuracy(model: CNN, data: Digits) -> float:
-    return run_evaluation(model, lambda m: classification_metrics(m, data.test.x, data.test.y))["val_accuracy"]
+    scored = run_evaluation(model, lambda m: classification_metrics(m, data.test.x, data.test.y, prefix="test"))
+    return scored["test_accuracy"]
 
 
 @dataclass
 class StudyResult:
     """Everything the notebook shows. Tables are tidy: one row per (seed, layer, ...)."""
 
-    study: ShapleyStudy
+    study: ShapleyBudget
     payoff: str
     seeds: list[int]
     dense: pd.DataFrame  # seed, val_accuracy, test_accuracy, parameters
@@ -321,7 +323,8 @@ class StudyResult:
         return chosen.sort_values("evaluations").iloc[-1 if not affordable.empty else 0]
 
     def cost_benefit(self, layer: str) -> pd.DataFrame:
-        """Per family and setting: mean evaluations and the mean, min and max Kendall τ over seeds and repeats."""
+        """Per family and setting: mean evaluations, and mean, min and max Kendall τ over seeds and draws, against
+        the Oracle rank (``oracle``) and against the exact values (``kendall``)."""
         rows = self.estimates[self.estimates.layer == layer]
         grouped = rows.groupby(["family", "setting"], dropna=False)
         table = grouped.agg(
@@ -329,47 +332,57 @@ class StudyResult:
             kendall=("kendall", "mean"),
             kendall_min=("kendall", "min"),
             kendall_max=("kendall", "max"),
-            agreement=("agreement", "mean"),
+            oracle=("oracle", "mean"),
+            oracle_min=("oracle", "min"),
+            oracle_max=("oracle", "max"),
         )
         return table.reset_index().sort_values(["family", "evaluations"], kind="stable", ignore_index=True)
 
     def matched_summary(self, layer: str) -> pd.DataFrame:
-        """Each family at its matched budget: evaluations, Kendall τ with the exact values and oracle agreement
-        (mean ± standard deviation over seeds and repeats), with the random-ranking baseline of the agreement."""
+        """Each family at its matched budget, means over seeds and draws: evaluations, Kendall τ with the Oracle
+        rank and with the exact values, accuracy of removal and of adding (with the random baseline)."""
         rows = self.estimates[(self.estimates.layer == layer) & self.estimates.matched]
         table = rows.groupby("family", sort=False).agg(
             setting=("setting", "first"),
             evaluations=("evaluations", "mean"),
+            oracle=("oracle", "mean"),
             kendall=("kendall", "mean"),
-            kendall_std=("kendall", "std"),
-            agreement=("agreement", "mean"),
-            agreement_std=("agreement", "std"),
+            removal=("removal", "mean"),
+            adding=("adding", "mean"),
             baseline=("baseline", "mean"),
         )
-        return table.reindex([f for f in FAMILIES if f in table.index]).fillna(
-            {"kendall_std": 0, "agreement_std": 0}
-        )
+        return table.reindex([f for f in FAMILIES if f in table.index])
+
+    def summary(self) -> dict:
+        """The headline numbers, as plain values (what the notebook records, quotes and compares)."""
+        return summarize(self)
 
 
 def _estimate_rows(study, payoff, seed, layer, model, table: CoalitionTable) -> tuple[list[dict], dict]:
-    """Every family at every setting and repeat, replayed on the exact table; also the matched estimates."""
+    """Every family at every setting and draw, replayed on the exact table and scored against the Oracle rank,
+    the exact values and the authors' oracle accuracies; also the matched estimates."""
     game = table.game(payoff)
     players = table.players
-    sizes = list(range(1, players))
-    oracle = oracle_sets(table, sizes, payoff=payoff)
-    summarised = len(summary_sizes(players))
+    sizes = list(range(1, min(study.oracle_sizes, players - 1) + 1))
     exact = exact_shapley(game)
-    baseline = float(random_agreement(players, sizes)[:summarised].mean())
+    reference = oracle_rank(table, payoff=payoff)
+    baseline = float(random_agreement(players, sizes).mean())
     rows, matched = [], {}
     # One row per estimate; a budget "setting" is K, M or m, and None for the families without one.
     for family in FAMILIES:
         for setting in study.settings(family, players):
             for draw in range(study.repeats if family in SAMPLED else 1):
                 result = estimate(
-                    family, game, setting=setting, seed=seed * 1000 + draw, model=model, layer=layer,
+                    family,
+                    game,
+                    setting=setting,
+                    seed=seed * 1000 + draw,
+                    model=model,
+                    layer=layer,
                     truncation=study.truncation,
-                )  # fmt: skip
+                )
                 is_matched = setting == study.matched_setting(family, players)
+                accuracy = oracle_accuracy(result.ranking, table, sizes=sizes, payoff=payoff)
                 rows.append(
                     {
                         "seed": seed,
@@ -380,8 +393,10 @@ def _estimate_rows(study, payoff, seed, layer, model, table: CoalitionTable) -> 
                         "draw": draw,
                         "matched": is_matched,
                         "evaluations": result.evaluations,
+                        "oracle": rank_correlation(result.scores, reference.scores),
                         "kendall": rank_correlation(result.scores, exact.scores),
-                        "agreement": float(oracle_agreement(result.ranking, oracle)[:summarised].mean()),
+                        "removal": accuracy["removal"],
+                        "adding": accuracy["adding"],
                         "baseline": baseline,
                         "scores": result.scores.tolist(),
                         "method": result.method,
@@ -389,17 +404,24 @@ def _estimate_rows(study, payoff, seed, layer, model, table: CoalitionTable) -> 
                 )
                 if is_matched and draw == 0:
                     matched[family] = result
-    return rows, {"oracle": oracle, "sizes": sizes, "matched": matched}
+    oracle = oracle_sets(table, list(range(1, players)), payoff=payoff)
+    return rows, {"oracle": oracle, "reference": reference, "matched": matched, "exact": exact}
 
 
-def _agreement_rows(seed, layer, players, oracle, sizes, matched: dict[str, Estimate]) -> list[dict]:
+def _agreement_rows(seed, layer, table, payoff, matched: dict[str, Estimate]) -> list[dict]:
+    """Per matched family, direction and oracle set size o = 1..n-1: the share of the oracle set it finds."""
+    players = table.players
+    sizes = list(range(1, players))
     baseline = random_agreement(players, sizes).tolist()
     rows = []
-    for family, result in matched.items():
-        agreement = oracle_agreement(result.ranking, oracle).tolist()
-        key = {"seed": seed, "layer": layer, "family": family}
-        triples = zip(sizes, agreement, baseline, strict=True)
-        rows += [{**key, "size": o, "agreement": a, "baseline": b} for o, a, b in triples]
+    for direction in ("removing", "adding"):
+        sets = oracle_sets(table, sizes, payoff=payoff, direction=direction)
+        for family, result in matched.items():
+            order = result.ranking if direction == "removing" else result.ranking.flip(0)
+            agreement = oracle_agreement(order, sets).tolist()
+            key = {"seed": seed, "layer": layer, "family": family, "direction": direction}
+            triples = zip(sizes, agreement, baseline, strict=True)
+            rows += [{**key, "size": o, "agreement": a, "baseline": b} for o, a, b in triples]
     return rows
 
 
@@ -466,14 +488,27 @@ def _network_rows(study, payoff, seed, model, data, bar) -> list[dict]:
     budget = FinetuneBudget(batch_size=study.batch_size, lr=study.finetune_lr)
     example = data.test.x[:1]
     rows = [
-        {"seed": seed, "method": "dense", "stage": "dense", "test_accuracy": _test_accuracy(model, data),
-         "parameters": count_parameters(model), "flops": module_forward_flops(model, example), "evaluations": 0}
-    ]  # fmt: skip
+        {
+            "seed": seed,
+            "method": "dense",
+            "stage": "dense",
+            "test_accuracy": _test_accuracy(model, data),
+            "parameters": count_parameters(model),
+            "flops": module_forward_flops(model, example),
+            "evaluations": 0,
+        }
+    ]
     for method in NETWORK_METHODS:
         pruned, evaluations = prune_network(
-            model, data, method, ratio=study.network_ratio, payoff=payoff, permutations=study.network_permutations,
-            seed=seed, chunk=study.chunk,
-        )  # fmt: skip
+            model,
+            data,
+            method,
+            ratio=study.network_ratio,
+            payoff=payoff,
+            permutations=study.network_permutations,
+            seed=seed,
+            chunk=study.chunk,
+        )
         costs = {"parameters": count_parameters(pruned), "flops": module_forward_flops(pruned, example)}
         row = {"seed": seed, "method": method, "evaluations": evaluations, **costs}
         rows.append({**row, "stage": "pruned", "test_accuracy": _test_accuracy(pruned, data)})
@@ -483,74 +518,94 @@ def _network_rows(study, payoff, seed, model, data, bar) -> list[dict]:
     return rows
 
 
-def run_study(
-    study: ShapleyStudy,
-    run: Run,
-    *,
-    payoff: str = "accuracy",
-    progress: bool | None = None,
-) -> StudyResult:
-    """Run the whole study for ``study.seeds`` seeds starting at ``run.seed``; see the module docstring."""
-    check_choice("payoff", payoff, PAYOFFS)
-    check_seed(run.seed)
-    seeds = [run.seed + offset for offset in range(study.seeds)]
-    finetunes = len(study.finetune_removals) * (len(FAMILIES) + 1)  # every family's ranking, and the oracle sets
-    total = len(seeds) * (1 + len(study.exact_layers) + finetunes + len(NETWORK_METHODS))
-    bar = tqdm(total=total, desc="Shapley study", disable=not progress_enabled(progress))
-    dense, estimates, agreement, removal, network = [], [], [], [], []
-    tables: dict[tuple[int, str], CoalitionTable] = {}
-    seconds = dict.fromkeys(["train", *[f"exact game {layer}" for layer in study.exact_layers], "estimators"], 0.0)
-    seconds.update({"pruning one layer": 0.0, "whole network": 0.0})
-    with torch_threads(study.threads), Timer() as whole:
-        for seed in seeds:
-            data = _on(load_digits(seed), run.device)
+@dataclass(frozen=True)
+class SeedTask:
+    """Everything one seed runs: train, tabulate the exact games, replay every estimator, prune."""
+
+    seed: int
+    budget: ShapleyBudget
+    payoff: str
+
+
+def study_seed(task: SeedTask) -> dict:
+    """One seed's rows and exact tables (a picklable dict), for :func:`efflab.parallel.run_all`."""
+    study, payoff, seed = task.budget, task.payoff, task.seed
+    seed_everything(seed)
+    data = load_digits(seed)
+    seconds = {}
+    finetunes = len(study.finetune_removals) * (len(FAMILIES) + 1)
+    with task_progress(1 + len(study.exact_layers) + finetunes + len(NETWORK_METHODS), f"seed {seed}") as bar:
+        with Timer() as timer:
+            model = train_model(study, data, seed)
+        seconds["train"] = timer.seconds
+        bar.update()
+        metrics = run_evaluation(model, lambda m: classification_metrics(m, data.val.x, data.val.y))
+        dense = {
+            "seed": seed,
+            "val_accuracy": metrics["val_accuracy"],
+            "test_accuracy": _test_accuracy(model, data),
+        }
+        dense["parameters"] = count_parameters(model)
+        tables, estimates, agreement, removal = {}, [], [], []
+        for layer in study.exact_layers:
             with Timer() as timer:
-                model = train_model(study, data, seed, run.device)
-            seconds["train"] += timer.seconds
-            metrics = run_evaluation(model, lambda m, d=data: classification_metrics(m, d.val.x, d.val.y))
-            accuracy = {"val_accuracy": metrics["val_accuracy"], "test_accuracy": _test_accuracy(model, data)}
-            dense.append({"seed": seed, **accuracy, "parameters": count_parameters(model)})
-            bar.update()
-            for layer in study.exact_layers:
-                with Timer() as timer:
-                    game = ChannelGame(model, layer, data.val.x, data.val.y, payoff=payoff, chunk=study.chunk)
-                    tables[seed, layer] = table = tabulate(game)
-                seconds[f"exact game {layer}"] += timer.seconds
-                with Timer() as timer:
-                    rows, found = _estimate_rows(study, payoff, seed, layer, model, table)
-                seconds["estimators"] += timer.seconds
-                estimates += rows
-                agreement += _agreement_rows(
-                    seed, layer, table.players, found["oracle"], found["sizes"], found["matched"]
+                game = ChannelGame(model, layer, data.val.x, data.val.y, payoff=payoff, chunk=study.chunk)
+                tables[layer] = table = tabulate(game)
+            seconds[f"exact game {layer}"] = timer.seconds
+            with Timer() as timer:
+                rows, found = _estimate_rows(study, payoff, seed, layer, model, table)
+            seconds[f"estimators {layer}"] = timer.seconds
+            estimates += rows
+            agreement += _agreement_rows(seed, layer, table, payoff, found["matched"])
+            with Timer() as timer:
+                removal += _removal_rows(
+                    study, payoff, seed, layer, model, data, found["matched"], found["oracle"], bar
                 )
-                with Timer() as timer:
-                    removal += _removal_rows(
-                        study, payoff, seed, layer, model, data, found["matched"], found["oracle"], bar
-                    )
-                seconds["pruning one layer"] += timer.seconds
-                bar.update()
-            with Timer() as timer:
-                network += _network_rows(study, payoff, seed, model, data, bar)
-            seconds["whole network"] += timer.seconds
-    bar.close()
-    seconds["total"] = whole.seconds
-    return StudyResult(
-        study=study,
-        payoff=payoff,
-        seeds=seeds,
-        dense=pd.DataFrame(dense),
+            seconds[f"pruning {layer}"] = timer.seconds
+            bar.update()
+        with Timer() as timer:
+            network = _network_rows(study, payoff, seed, model, data, bar)
+        seconds["whole network"] = timer.seconds
+    return dict(
+        dense=dense,
         tables=tables,
-        estimates=pd.DataFrame(estimates),
-        agreement=pd.DataFrame(agreement),
-        removal=pd.DataFrame(removal),
-        network=pd.DataFrame(network),
+        estimates=estimates,
+        agreement=agreement,
+        removal=removal,
+        network=network,
         seconds=seconds,
     )
 
 
-def with_budget(study: ShapleyStudy, **changes) -> ShapleyStudy:
-    """A copy of ``study`` with some fields changed (e.g. fewer seeds for a test)."""
-    return replace(study, **changes)
+def run_experiment(run: Run, budget: ShapleyBudget, *, payoff: str = "accuracy", progress: bool | None = None):
+    """Run the whole study for ``budget.seeds`` seeds from ``run.seed``, one :func:`run_all` task per seed."""
+    if not isinstance(run, Run):
+        raise ValueError(f"run={run!r} is not allowed; expected the Run returned by efflab.setup")
+    if not isinstance(budget, ShapleyBudget):
+        raise ValueError(f"budget={budget!r} is not allowed; expected a ShapleyBudget")
+    check_choice("payoff", payoff, PAYOFFS)
+    seeds = list(seeds_for(run.seed, budget.seeds))
+    with Timer() as whole:
+        outputs = run_all(
+            study_seed, [SeedTask(s, budget, payoff) for s in seeds], description="seeds", progress=progress
+        )
+    seconds: dict[str, float] = {}
+    for output in outputs:
+        for name, value in output["seconds"].items():
+            seconds[name] = seconds.get(name, 0.0) + value
+    seconds["total"] = whole.seconds
+    return StudyResult(
+        study=budget,
+        payoff=payoff,
+        seeds=seeds,
+        dense=pd.DataFrame([o["dense"] for o in outputs]),
+        tables={(s, layer): t for s, o in zip(seeds, outputs, strict=True) for layer, t in o["tables"].items()},
+        estimates=pd.DataFrame([r for o in outputs for r in o["estimates"]]),
+        agreement=pd.DataFrame([r for o in outputs for r in o["agreement"]]),
+        removal=pd.DataFrame([r for o in outputs for r in o["removal"]]),
+        network=pd.DataFrame([r for o in outputs for r in o["network"]]),
+        seconds=seconds,
+    )
 
 
 def removal_curves(
@@ -567,135 +622,236 @@ def removal_curves(
     return [int(k) for k in table.columns], curves
 
 
-def summarize(result: StudyResult) -> dict:
-    """The headline numbers of a study, for the paper-vs-run table and :func:`efflab.results.record`.
+def _per_seed(rows: pd.DataFrame, column: str) -> list[float]:
+    """Mean of ``column`` per seed (over sampling draws), in seed order."""
+    return [float(v) for v in rows.groupby("seed")[column].mean().sort_index()]
 
-    Everything is about ``study.finetune_layer`` (the widest layer enumerated) unless named otherwise; means are
-    over seeds and sampling draws.
+
+def summarize(result: StudyResult) -> dict:
+    """The headline numbers of a study, as plain JSON-able values; lists are per seed.
+
+    Everything is about ``study.finetune_layer`` (the widest layer enumerated) unless named otherwise.
     """
     study, layer = result.study, result.study.finetune_layer
-    matched = result.matched_summary(layer)
     rows = result.estimates[result.estimates.layer == layer]
+    matched = rows[rows.matched]
     players = int(rows.players.iloc[0])
-    budgets = result.cost_benefit(layer).sort_values("setting", kind="stable")
-    families = ("permutations", "kernel regression", "plain regression")
-    largest = {family: float(budgets[budgets.family == family].kendall.iloc[-1]) for family in families}
-    partial = rows[(rows.family == "partial Shapley") & (rows.setting == 1)]
-    loo = rows[rows.family == "leave-one-out"]
+    by_family = {
+        family: {
+            column: _per_seed(group, column)
+            for column in ("oracle", "kendall", "removal", "adding", "evaluations")
+        }
+        for family, group in matched.groupby("family", sort=False)
+    }
+    largest = {}
+    for family in ("permutations", "kernel regression", "plain regression"):
+        group = rows[rows.family == family]
+        top = group[group.setting == group.setting.max()]
+        largest[family] = {"setting": int(top.setting.iloc[0]), "kendall": _per_seed(top, "kendall")}
+    partial = rows[(rows.family == "partial Shapley") & (rows.setting == 1)].sort_values("seed")
+    loo = rows[rows.family == "leave-one-out"].sort_values("seed")
     deviation = max(
         float(np.abs(np.asarray(p) * players - np.asarray(q)).max())
         for p, q in zip(partial.scores, loo.scores, strict=True)
     )
-    same_ranking = all(
-        np.array_equal(np.argsort(p, kind="stable"), np.argsort(q, kind="stable"))
-        for p, q in zip(partial.scores, loo.scores, strict=True)
-    )
-    network = result.network.groupby(["method", "stage"]).agg(
-        test_accuracy=("test_accuracy", "mean"), parameters=("parameters", "mean"), flops=("flops", "mean")
-    )
-    dense = network.loc[("dense", "dense")]
+    network = result.network
+    per_method = {
+        stage: {
+            method: [float(v) for v in group.sort_values("seed").test_accuracy]
+            for method, group in network[network.stage == stage].groupby("method", sort=False)
+        }
+        for stage in ("pruned", "fine-tuned")
+    }
+    dense = network[network.stage == "dense"]
+    tuned = network[network.stage == "fine-tuned"]
     return {
         "layer": layer,
         "players": players,
         "payoff": result.payoff,
-        "seeds": len(result.seeds),
-        "dense_test_accuracy": float(result.dense.test_accuracy.mean()),
-        "exact_evaluations": int(matched.loc["exact Shapley", "evaluations"]),
-        "exact_seconds_per_table": result.seconds[f"exact game {layer}"] / len(result.seeds),
-        "kendall": matched.kendall.round(4).to_dict(),
-        "evaluations": matched.evaluations.round(1).to_dict(),
-        "agreement": matched.agreement.round(4).to_dict(),
-        "agreement_baseline": float(matched.baseline.iloc[0]),
+        "seeds": list(result.seeds),
+        "oracle_sizes": min(study.oracle_sizes, players - 1),
+        "dense_test_accuracy": [float(v) for v in result.dense.sort_values("seed").test_accuracy],
+        "test_images": len(load_digits(result.seeds[0]).test),
+        "exact_evaluations": int(2**players),
+        "exact_seconds_per_table": result.seconds.get(f"exact game {layer}", 0.0) / len(result.seeds),
+        "families": by_family,
+        "random_baseline": float(matched.baseline.iloc[0]),
         "kendall_at_largest_budget": largest,
-        "largest_budget": {"permutations": max(study.permutations), "regression": max(study.regression_samples)},
         "matched_permutations": study.matched,
         "partial_order_one_vs_loo_deviation": deviation,
-        "partial_order_one_ranks_like_loo": same_ranking,
         "network_ratio": study.network_ratio,
-        "network_pruned_accuracy": network.xs("pruned", level="stage").test_accuracy.round(4).to_dict(),
-        "network_finetuned_accuracy": network.xs("fine-tuned", level="stage").test_accuracy.round(4).to_dict(),
-        "network_flop_ratio": float(network.xs("fine-tuned", level="stage").flops.mean() / dense.flops),
-        "network_parameter_ratio": float(
-            network.xs("fine-tuned", level="stage").parameters.mean() / dense.parameters
-        ),
+        "network_accuracy": per_method,
+        "network_flop_ratio": float(tuned.flops.mean() / dense.flops.mean()),
+        "network_parameter_ratio": float(tuned.parameters.mean() / dense.parameters.mean()),
         "study_seconds": result.seconds["total"],
     }
 
 
-def paper_rows(summary: dict, full: dict | None = None) -> list[dict]:
-    """Rows for :func:`efflab.ui.plots.paper_vs_run`: the paper's statement beside this run's number.
+# --------------------------------------------------------------------------------------------------------------
+# The paper beside this run, and what this run found
+# --------------------------------------------------------------------------------------------------------------
+
+AGREES, DISAGREES, MIXED, TIE = "agrees", "disagrees", "mixed", "tie"
+_PHRASES = {
+    AGREES: "agrees with the paper",
+    DISAGREES: "disagrees with the paper",
+    MIXED: "is mixed across seeds",
+    TIE: "cannot tell the two apart",
+}
+
+
+def verdict(gaps, tolerance: float) -> str:
+    """How per-seed gaps (positive: the paper's side ahead) read: all for, all against, some of each, or a tie.
+    Seeds within ``tolerance`` count for neither side."""
+    gaps = np.asarray(list(gaps), dtype=float)
+    ahead, behind = int((gaps > tolerance).sum()), int((gaps < -tolerance).sum())
+    if ahead and behind:
+        return MIXED
+    if ahead:
+        return AGREES
+    if behind:
+        return DISAGREES
+    return TIE
+
+
+def _gap(summary: dict, metric: str, better: str, worse: str) -> list[float]:
+    families = summary["families"]
+    return [a - b for a, b in zip(families[better][metric], families[worse][metric], strict=True)]
+
+
+def _tau_tolerance(summary: dict) -> float:
+    """Half a swapped pair: Kendall's τ moves in steps of 2 / C(n, 2)."""
+    n = summary["players"]
+    return 1.0 / (n * (n - 1) / 2)
+
+
+def paper_rows(summary: dict, committed: dict | None) -> pd.DataFrame:
+    """The paper's statements beside this run and the committed full-mode run (``committed`` or None).
 
     The paper's result tables were not available to us, so its column holds formulas and claims, never a number
-    we could not check. ``full`` is the committed full-mode summary, when there is one.
+    we could not check.
     """
     n, layer = summary["players"], summary["layer"]
 
     def both(text) -> dict:
-        return {"this_run": text(summary), "full_run": text(full) if full else None}
+        return {"this_run": text(summary), "full_run": text(committed) if committed else None}
 
-    def agreement(s: dict) -> str:
-        a = s["agreement"]
-        return (
-            f"exact {a['exact Shapley']:.2f}, LOO {a['leave-one-out']:.2f}, permutations {a['permutations']:.2f}, "
-            f"L1 {a['L1 norm']:.2f} | random {s['agreement_baseline']:.2f}"
-        )
+    def scores(metric):
+        def text(s):
+            f = s["families"]
+            names = ("exact Shapley", "leave-one-out", "partial Shapley (adding)", "permutations", "L1 norm")
+            return "; ".join(f"{name} {spread(f[name][metric], 2)}" for name in names)
 
-    def convergence(s: dict) -> str:
+        return text
+
+    def accuracy(metric):
+        def text(s):
+            return scores(metric)(s) + f" | random {s['random_baseline']:.2f}"
+
+        return text
+
+    def convergence(s):
         k = s["kendall_at_largest_budget"]
-        return (
-            f"permutations {k['permutations']:.2f}, kernel {k['kernel regression']:.2f}, "
-            f"plain {k['plain regression']:.2f} | LOO {s['kendall']['leave-one-out']:.2f}"
-        )
+        return "; ".join(f"{family} ({v['setting']}) {spread(v['kendall'], 2)}" for family, v in k.items())
 
-    def network(s: dict) -> str:
-        t = s["network_finetuned_accuracy"]
-        return (
-            f"permutations {t['permutations']:.3f}, LOO {t['leave-one-out']:.3f}, L1 {t['L1 norm']:.3f}, "
-            f"random {t['random']:.3f} (dense {s['dense_test_accuracy']:.3f}; "
-            f"FLOPs x{s['network_flop_ratio']:.2f})"
-        )
+    def network(s):
+        t = s["network_accuracy"]["fine-tuned"]
+        return "; ".join(f"{m} {spread(v, 3)}" for m, v in t.items()) + f" (FLOPs x{s['network_flop_ratio']:.2f})"
 
-    return [
-        {
-            "quantity": f"exact Shapley cost for {layer} (n = {n}), coalition evaluations",
-            "paper": f"2^n = {2**n:,} (eq. 1 sums over every coalition)",
-            **both(lambda s: f"{s['exact_evaluations']:,} ({s['exact_seconds_per_table']:.1f} s per table)"),
-            "note": "counted by CountingGame; one batched pass over cached activations",
-        },
-        {
-            "quantity": "partial Shapley with K = 1 against leave-one-out",
-            "paper": "the same ranking: K = 1 keeps only the leave-one-out term, times 1/n",
-            **both(
-                lambda s: (
-                    f"same ranking: {s['partial_order_one_ranks_like_loo']}, "
-                    f"max |n·partial - LOO| = {s['partial_order_one_vs_loo_deviation']:.1e}"
-                )
-            ),  # fmt: skip
-            "note": "an identity; checked on every seed",
-        },
-        {
-            "quantity": f"permutation sampling with M = {summary['matched_permutations']} orders, evaluations",
-            "paper": f"M·n = {summary['matched_permutations'] * n}",
-            **both(lambda s: f"{s['evaluations']['permutations']:.0f}"),
-            "note": "fewer: the empty and full coalitions are shared by every order",
-        },
-        {
-            "quantity": "ranking quality before fine-tuning: oracle agreement, o = 1..n/2",
-            "paper": "Shapley ranks are judged against the Oracle rank built from oracle sets (claim, no number)",
-            **both(agreement),
-            "note": "small removal sets are decided near the full layer, where leave-one-out looks",
-        },
-        {
-            "quantity": "approximations against exact ranks at the largest budget, Kendall τ",
-            "paper": "cost-benefit comparison of the approximations (qualitative)",
-            **both(convergence),
-            "note": f"budgets up to M = {summary['largest_budget']['permutations']}, "
-            f"m = {summary['largest_budget']['regression']}",
-        },
-        {
-            "quantity": f"test accuracy after removing {summary['network_ratio']:.0%} of every layer, fine-tuned",
-            "paper": "state-of-the-art FLOPs and parameter cuts on LeNet-5, VGG-16, ResNet-56/50 (no number)",
-            **both(network),
-            "note": "after fine-tuning the ranking matters less; see Feng et al. 2024 (arXiv 2412.00143)",
-        },
-    ]
+    o = summary["oracle_sizes"]
+    return paper_table(
+        [
+            {
+                "quantity": f"exact Shapley cost for {layer} (n = {n}), coalition evaluations",
+                "paper": f"2^n = {2**n:,} (eq. 1 sums over every coalition)",
+                **both(lambda s: f"{s['exact_evaluations']:,} ({s['exact_seconds_per_table']:.1f} s per table)"),
+                "note": "one batched pass over cached activations",
+            },
+            {
+                "quantity": "partial Shapley with K = 1 against leave-one-out",
+                "paper": "the same ranking: K = 1 keeps only the leave-one-out term, times 1/n",
+                **both(lambda s: f"max |n·partial - LOO| = {s['partial_order_one_vs_loo_deviation']:.1e}"),
+                "note": "an identity; checked on every seed",
+            },
+            {
+                "quantity": "Kendall τ with the Oracle rank, matched budgets",
+                "paper": "ranks are judged against the Oracle rank built from oracle sets (no number available)",
+                **both(scores("oracle")),
+                "note": "Oracle rank: our construction, inferred from the paper's text and the authors' code",
+            },
+            {
+                "quantity": f"accuracy of removal, oracle sets of size 1..{o}",
+                "paper": "the authors' code scores ranks this way (no number available)",
+                **both(accuracy("removal")),
+                "note": "share of the best removal set of size o among a rank's o lowest channels, mean over o",
+            },
+            {
+                "quantity": f"accuracy of adding, oracle sets of size 1..{o}",
+                "paper": "the authors' code scores ranks this way (no number available)",
+                **both(accuracy("adding")),
+                "note": "share of the best set of o channels to keep among a rank's o highest, mean over o",
+            },
+            {
+                "quantity": "approximations against exact values at the largest budget, Kendall τ",
+                "paper": "cost-benefit comparison of the approximations (qualitative)",
+                **both(convergence),
+                "note": "the setting (M orders or m samples) in brackets",
+            },
+            {
+                "quantity": f"test accuracy, {summary['network_ratio']:.0%} of every layer removed, fine-tuned",
+                "paper": "state-of-the-art FLOPs and parameter cuts on LeNet-5, VGG-16, ResNet-56/50 (no number)",
+                **both(network),
+                "note": "after fine-tuning the ranking matters less; see Feng et al. 2024 (arXiv 2412.00143)",
+            },
+        ],
+        full_run_on=committed_device(NAME),
+    )
+
+
+def findings(summary: dict) -> str:
+    """Markdown sentences on what this run found, each with its verdict against the paper's claim."""
+    tau = _tau_tolerance(summary)
+    lines = []
+    for rival in ("leave-one-out", "L1 norm"):
+        gaps = _gap(summary, "oracle", "exact Shapley", rival)
+        outcome = verdict(gaps, tau)
+        lines.append(
+            f"- **Shapley against {rival}, judged by the Oracle rank** (the paper ranks channels by Shapley value "
+            f"over leave-one-out and magnitude): Kendall τ with the Oracle rank is "
+            f"{spread(summary['families']['exact Shapley']['oracle'], 2)} for the exact Shapley value and "
+            f"{spread(summary['families'][rival]['oracle'], 2)} for {rival}; this run {_PHRASES[outcome]}."
+        )
+    o = summary["oracle_sizes"]
+    for metric, label in (("removal", "removal"), ("adding", "adding")):
+        exact = summary["families"]["exact Shapley"][metric]
+        gaps = [v - summary["random_baseline"] for v in exact]
+        outcome = verdict(gaps, 1e-9)
+        versus = verdict(_gap(summary, metric, "exact Shapley", "leave-one-out"), 1e-9)
+        lines.append(
+            f"- **accuracy of {label}** (oracle sets of size 1..{o}): exact Shapley "
+            f"{spread(exact, 2)} against {summary['random_baseline']:.2f} for a random rank, so against chance "
+            f"this run {_PHRASES[outcome]}; against leave-one-out "
+            f"({spread(summary['families']['leave-one-out'][metric], 2)}) it {_PHRASES[versus]}."
+        )
+    removing, adding = summary["families"]["partial Shapley"], summary["families"]["partial Shapley (adding)"]
+    closer = verdict([a - r for a, r in zip(adding["oracle"], removing["oracle"], strict=True)], tau)
+    side = {
+        AGREES: "adding is closer",
+        DISAGREES: "removing is closer",
+        MIXED: "it depends on the seed",
+        TIE: "neither is closer",
+    }[closer]
+    lines.append(
+        f"- **partial Shapley, K = 2, both directions**: τ with the Oracle rank {spread(removing['oracle'], 2)} "
+        f"removing and {spread(adding['oracle'], 2)} adding: {side} (the paper gives no preference we could read)."
+    )
+    tuned = summary["network_accuracy"]["fine-tuned"]
+    gaps = [p - m for p, m in zip(tuned["permutations"], tuned["L1 norm"], strict=True)]
+    outcome = verdict(gaps, 0.5 / summary["test_images"])  # half a test image
+    lines.append(
+        f"- **the whole network, {summary['network_ratio']:.0%} of every layer removed and fine-tuned** (the "
+        f"paper: Shapley pruning reaches state-of-the-art cuts): permutation-sampled Shapley "
+        f"{spread(tuned['permutations'], 3)} against the L1 norm {spread(tuned['L1 norm'], 3)}; this run "
+        f"{_PHRASES[outcome]}."
+    )
+    return "\n".join(lines)
