@@ -1,0 +1,67 @@
+import dataclasses
+
+import pytest
+
+from efflab.dense_to_moe.experiment import DenseToMoEBudget, findings, minilm_saving, paper_rows
+
+
+def test_quick_and_full_budgets_are_valid_and_differ():
+    quick, full = DenseToMoEBudget.quick(), DenseToMoEBudget.full()
+    assert quick != full and full.seeds >= quick.seeds
+    assert quick.top_ks(16) == (1, 2, 4, 8, 16)
+    names = [name for name, _, _ in quick.variants()]
+    assert len(names) == len(set(names))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"n_experts": 5},
+        {"large_experts": 3},
+        {"taus": (0.5, 0.2, 1.0)},
+        {"taus": (0.0, 0.5)},
+        {"taus": (0.0, 1.5)},
+        {"main_weight": 0.5},
+        {"penalty_weights": (0.01, 0.1), "main_weight": 0.1},
+        {"minilm_experts": 100},
+        {"seeds": 0},
+        {"timing_taus": (0.33,)},
+    ],
+)
+def test_bad_budgets_are_rejected(changes):
+    with pytest.raises(ValueError):
+        dataclasses.replace(DenseToMoEBudget.quick(), **changes)
+
+
+def _summary(dynamic, moefication):
+    savings = {key: [0.2, 0.2] for key in ("d2dmoe_top_k", "no_finetune_dynamic_k", "large_experts_dynamic_k")}
+    savings.update(d2dmoe_dynamic_k=dynamic, moefication_top_k=moefication, relu_only_dynamic_k=[0.1, 0.1])
+    return {
+        "vit_saving_at_one_point_drop": savings,
+        "zero_fraction": {"lambda=0.01": {"before": 0.5, "after": 0.9}},
+        "main_variant": "lambda=0.01",
+        "timing": [{"implementation": "gathered", "time_ratio": 1.5, "flop_ratio": 0.6}],
+        "minilm": {
+            "no fine-tuning (GELU)": {"saving_at_cosine_095": {"dynamic_k": 0.3, "top_k": 0.1}, "curves": {}}
+        },
+    }
+
+
+def test_findings_have_a_phrasing_for_each_outcome():
+    assert "agrees with the paper" in findings(_summary([0.5, 0.4], [0.1, 0.2]))
+    assert "disagrees with the paper" in findings(_summary([0.1, 0.1], [0.3, 0.2]))
+    assert "mixed across seeds" in findings(_summary([0.5, 0.1], [0.3, 0.2]))
+    assert "dynamic-k saves more" in findings(_summary([0.5, 0.1], [0.3, 0.2]))
+
+
+def test_paper_rows_show_this_run_and_missing_cells():
+    table = paper_rows(_summary([0.5, 0.4], [0.1, 0.2]), None)
+    first = table.iloc[0]
+    assert first["this run"] == "45%" and first["paper"].startswith("up to 60%")
+    assert (table["full-mode run (GPU)"] == "n/a").all()
+
+
+def test_minilm_saving_reads_the_cosine_threshold():
+    points = [{"relative_flops": 0.3, "cosine": 0.9}, {"relative_flops": 0.6, "cosine": 0.96}]
+    assert minilm_saving(points, 0.95) == pytest.approx(0.4)
+    assert minilm_saving(points, 0.99) == 0.0
