@@ -61,7 +61,7 @@ class GranularityBudget(GridBudget):
     expansion: int
     spread_granularities: tuple[int, ...]
     routing: str = "expert_choice"
-    bootstrap: int = 20
+    bootstrap: int = 12
 
     def __post_init__(self):
         super().__post_init__()
@@ -203,7 +203,7 @@ class ExperimentFits:
     n_dense_points: int
 
 
-def fit_laws(results: GridResults, *, resamples: int = 20, n_starts: int = 8, seed: int = 0) -> ExperimentFits:
+def fit_laws(results: GridResults, *, resamples: int = 12, n_starts: int = 6, seed: int = 0) -> ExperimentFits:
     """Fit the fine-grained form to the MoE runs and Chinchilla's to the dense runs (one point per cooldown
     branch), each with a bootstrap over runs."""
     points = results.law_points()

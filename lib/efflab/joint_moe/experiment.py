@@ -63,7 +63,7 @@ class ExpertCountBudget(GridBudget):
     expert_counts: tuple[int, ...]
     spread_experts: tuple[int, ...]
     lr_rule: bool = True
-    bootstrap: int = 20
+    bootstrap: int = 12
 
     def __post_init__(self):
         super().__post_init__()
@@ -175,8 +175,8 @@ def law_points(results: GridResults) -> dict[str, np.ndarray]:
 def fit_joint_law(
     results: GridResults,
     *,
-    resamples: int = 20,
-    n_starts: int = 8,
+    resamples: int = 12,
+    n_starts: int = 6,
     seed: int = 0,
     e_start: float = JOINT.e_start,
     e_max: float = JOINT.e_max,

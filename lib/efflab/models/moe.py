@@ -35,10 +35,10 @@ G = 1 is almost never compute-optimal; finer experts, each token combining more 
 where the time goes, and there are three ways, which must agree in outputs and gradients (tests check it):
 
 * ``"loop"``: for each expert, pick its tokens with a mask, run them through ``up[e]`` and ``down[e]``, add
-  the result back. Plain and obviously right (the reference), but every expert costs small matrix products, a
-  mask over all assignments, and in the backward pass a gradient as large as the whole batch (for its tokens)
-  and one as large as *all* experts' weights (for ``up[e]``, a slice of the stacked matrix): its cost grows with
-  the number of experts, and the weight part with its square.
+  the result back. Plain and obviously right (the reference). The experts' matrices are taken with ``unbind``:
+  indexing ``up[e]`` would make the backward pass build, for every expert, a gradient as large as *all*
+  experts' weights. Each expert still costs a mask over all assignments and two small matrix products, so the
+  loop's cost grows with the number of experts.
 * ``"padded"``: copy every expert's tokens into one (n_experts, capacity, d_model) tensor, padding short
   experts with zero rows, and run all experts as one batched matrix product (``torch.bmm``). Static shapes (good
   for compilers), at the price of computing the padding: ideal for expert choice, where every expert holds
@@ -49,7 +49,9 @@ where the time goes, and there are three ways, which must agree in outputs and g
   tokens are gathered into sorted order and back with index gathers whose backward passes are gathers too
   (:class:`_DispatchRows`, :class:`_CombineRows`), instead of the scatter-adds autograd would otherwise use.
 
-``implementation="auto"`` takes ``"padded"`` for expert choice and ``"grouped"`` for token choice.
+``implementation="auto"`` picks by device and shape (:func:`default_path`, a rule read off
+``benchmarks/moe_throughput.py``): ``"padded"`` for expert choice; for token choice ``"grouped"`` on a GPU, and
+on a CPU the loop up to 64 experts, ``"grouped"`` beyond.
 """
 
 from __future__ import annotations
@@ -140,9 +142,8 @@ class MoEConfig:
 
     @property
     def resolved_implementation(self) -> str:
-        if self.implementation != "auto":
-            return self.implementation
-        return "padded" if self.routing == "expert_choice" else "grouped"
+        """The path ``"auto"`` takes on a GPU (see :func:`default_path` for the device-aware rule)."""
+        return default_path(self, "cuda")
 
     def parameter_counts(self) -> dict[str, int]:
         """Parameters of the layer by kind: all experts, those one token uses, the router, the output norm.
@@ -453,6 +454,32 @@ def combine(rows: Tensor, routing: Routing) -> Tensor:
     return torch.bmm(gates, per_slot).squeeze(1)
 
 
+# ------------------------------------------------------------------------------------- the default path
+
+CPU_LOOP_MAX_EXPERTS = 64
+"""On a CPU, token choice runs the loop up to this many experts (``benchmarks/moe_throughput.py``, one thread,
+4096 tokens, d_model 256: the loop over unbound experts was the fastest path at 8 and 32 experts, 1.1x to 2.5x
+the grouped product, which wins only with hundreds of small experts)."""
+
+
+def default_path(config: MoEConfig, device) -> str:
+    """The execution path ``implementation="auto"`` takes on ``device``: a fixed rule from the benchmark, so the
+    same configuration always runs the same arithmetic (a path measured at run time could differ between two
+    processes and change the last bits of a result).
+
+    * a GPU: ``"padded"`` for expert choice (every expert holds exactly its capacity, so there is no padding)
+      and ``"grouped"`` for token choice (one kernel for all experts instead of one launch per expert);
+    * a CPU: the loop for token choice up to :data:`CPU_LOOP_MAX_EXPERTS` experts (small products run well on a
+      CPU, and the loop skips the sort and the gathers), ``"grouped"`` beyond; ``"padded"`` for expert choice.
+    """
+    if config.implementation != "auto":
+        return config.implementation
+    if config.routing == "expert_choice":
+        return "padded"
+    on_cpu = torch.device(device).type == "cpu"
+    return "loop" if on_cpu and config.n_experts <= CPU_LOOP_MAX_EXPERTS else "grouped"
+
+
 # ---------------------------------------------------------------------------------------- grouped matmul
 
 
@@ -578,7 +605,7 @@ class MoEFeedForward(nn.Module):
         routing = self.route(x)
         tokens = x.reshape(-1, x.shape[-1])
         run = {"loop": self._run_loop, "padded": self._run_padded, "grouped": self._run_grouped}
-        out = run[self.config.resolved_implementation](tokens, routing)
+        out = run[default_path(self.config, tokens.device)](tokens, routing)
         if self.norm is not None:
             out = self.norm(out)
         self.aux_loss = self._aux_loss(routing)
@@ -606,10 +633,13 @@ class MoEFeedForward(nn.Module):
     def _run_loop(self, tokens: Tensor, routing: Routing) -> Tensor:
         out = tokens.new_zeros(tokens.shape)
         gates = routing.gates.to(tokens.dtype)
+        # unbind, not up[e]: the backward of n selects would build n gradients the size of all experts
+        ups, downs = self.up.to(tokens.dtype).unbind(0), self.down.to(tokens.dtype).unbind(0)
         for e in range(self.config.n_experts):
             mine = routing.expert_index == e
             rows = routing.token_index[mine]
-            out.index_add_(0, rows, self.expert(tokens[rows], e) * gates[mine].unsqueeze(1))
+            hidden = self.activation(tokens[rows] @ ups[e])
+            out.index_add_(0, rows, (hidden @ downs[e]) * gates[mine].unsqueeze(1))
         return out
 
     def _run_padded(self, tokens: Tensor, routing: Routing) -> Tensor:
