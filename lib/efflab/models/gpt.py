@@ -121,6 +121,9 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=config.bias)
         self.out = nn.Linear(config.d_model, config.d_model, bias=config.bias)
         self.residual_dropout = nn.Dropout(config.dropout)
+        # Multiplier of the attention logits q.k; None is PyTorch's default 1/sqrt(head_dim). muP (notebook 07)
+        # sets its own so the logits stay the same size when the head dimension grows with width.
+        self.scale: float | None = None
         init_linear_(self.qkv)
         init_linear_(self.out, std=residual_init_std(config))
 
@@ -132,7 +135,7 @@ class CausalSelfAttention(nn.Module):
             for part in self.qkv(x).split(d_model, dim=2)
         )
         dropout = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=self.scale)
         y = y.transpose(1, 2).reshape(batch, time, d_model)  # heads side by side again
         return self.residual_dropout(self.out(y))
 
