@@ -10,20 +10,23 @@ backward on a batch of tokens, token-choice routing, no capacity limit.
 
 Columns, each as tokens/s relative to the dense FFN:
 
-* ``default``: what ``implementation="auto"`` runs (sort by expert, then a grouped matrix product);
+* ``default``: what ``implementation="auto"`` runs here (``efflab.models.moe.default_path``: on a CPU the loop up
+  to 64 experts, the grouped product beyond; on a GPU the grouped product);
 * ``padded``: one batched product over a (n_experts, busiest expert's count, d_model) tensor;
 * ``slices``: the grouped path with the fallback kernel (a loop over each expert's contiguous rows), what a
   torch without a working ``torch._grouped_mm`` runs;
-* ``loop``: the reference, a plain loop over experts indexing the stacked weights with ``up[e]``;
-* ``loop+unbind``: the same loop taking the experts' matrices with ``up.unbind(0)`` instead, which spares
-  the backward pass one all-experts-sized weight gradient per expert (defined here, not in the library).
+* ``loop``: the reference, a plain loop over experts (the library's, which takes the experts' matrices with
+  ``up.unbind(0)``);
+* ``loop+unbind``: a copy of that loop defined here, kept as a check that the library's loop is the fast one
+  (indexing ``up[e]`` instead made the backward pass build one all-experts-sized gradient per expert: 0.18x
+  dense at 32 experts where unbinding gives 0.86x).
 
 Machines differ and shared CPUs are noisy, so the script prints *ratios* measured in the same run: the paths and
 the baseline are timed in alternation, round after round, and each ratio is of medians. It runs on one thread by
 default: with two threads on a busy machine, waiting for the second one can swamp everything else.
 
-Targets: the default path at least 0.7x the dense FFN's tokens/s at E = 8 top-2, and at least 3x the loop with
-32 or more experts.
+Targets: the default path at least 0.7x the dense FFN's tokens/s at E = 8 top-2, and never slower than the
+loop (where the rule picks the loop, the ratio is 1 up to noise).
 """
 
 from __future__ import annotations
@@ -166,7 +169,7 @@ def main() -> None:
     many = [value for (e, g), value in headline.items() if e * g >= 32]
     if many:
         low, high = min(v[1] for v in many), max(v[1] for v in many)
-        print(f"default vs loop with >= 32 experts: {low:.2f}x to {high:.2f}x (target >= 3x)")
+        print(f"default vs loop with >= 32 experts: {low:.2f}x to {high:.2f}x (target >= 1x, up to noise)")
         low, high = min(v[2] for v in many), max(v[2] for v in many)
         print(f"default vs loop+unbind with >= 32 experts: {low:.2f}x to {high:.2f}x")
 

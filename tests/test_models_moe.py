@@ -251,3 +251,16 @@ def test_grouped_mm_probe_is_cached_and_falls_back(monkeypatch):
     rows, weight, counts = torch.randn(5, 4), torch.randn(2, 4, 6), torch.tensor([2, 3])
     torch.testing.assert_close(grouped_matmul(rows, weight, counts), moe._segments_matmul(rows, weight, [2, 3]))
     moe._GROUPED_MM_WORKS.clear()
+
+
+def test_default_path_follows_the_benchmark_rule():
+    from efflab.models.moe import CPU_LOOP_MAX_EXPERTS, default_path
+
+    few = MoEConfig(d_model=16, d_ff=64, expansion=8, granularity=4)  # 32 experts, token choice
+    many = MoEConfig(d_model=16, d_ff=64, expansion=CPU_LOOP_MAX_EXPERTS, granularity=2)
+    assert default_path(few, "cpu") == "loop" and default_path(many, "cpu") == "grouped"
+    assert default_path(few, "cuda") == "grouped"
+    expert_choice = MoEConfig(d_model=16, d_ff=64, expansion=8, granularity=4, routing="expert_choice")
+    assert default_path(expert_choice, "cpu") == default_path(expert_choice, "cuda") == "padded"
+    pinned = MoEConfig(d_model=16, d_ff=64, expansion=8, granularity=4, implementation="padded")
+    assert default_path(pinned, "cpu") == "padded"
