@@ -21,7 +21,7 @@ WHEEL_PLATFORM := --only-binary=:all: --implementation cp --python-version 3.12 
 RUNNER_PINS = $(shell grep -iE '^(papermill|nbclient|nbformat|ipykernel|ipywidgets|anywidget|plotly|pandas|numpy|scipy|scikit-learn|gymnasium|tqdm|safetensors|tokenizers)==' requirements.txt)
 TORCH_USER_PINS = $(shell grep -iE '^(stable-baselines3|torch-pruning)==' requirements.txt)
 
-.PHONY: setup lab test full bench clean-notebooks wheelhouse
+.PHONY: setup lab test test-browser site full bench clean-notebooks wheelhouse
 
 setup: $(STAMP)
 
@@ -48,6 +48,34 @@ test: $(TEST_STAMP)
 	$(BIN)/python -m efflab.clean_notebooks --check notebooks/*.ipynb
 	EFFLAB_MODE=quick $(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env \
 		--nbval-cell-timeout=$(CELL_TIMEOUT) -p no:cacheprovider
+
+# The notebooks in JupyterLab in Debian's Chromium (Playwright drives it; no browser is downloaded), then the
+# static edition in the same browser. NOTEBOOKS=00,05 limits both to those notebooks.
+NOTEBOOKS ?=
+CHROMIUM := /usr/bin/chromium
+BROWSER_STAMP := $(VENV)/.installed-browser
+
+$(BROWSER_STAMP): $(STAMP) requirements-browser.txt
+	$(BIN)/python -m pip install --quiet --quiet -r requirements-browser.txt
+	touch $@
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's chromium (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "Chromium is missing at $(CHROMIUM): install Debian's package as root (apt-get install chromium)"; \
+		exit 1; \
+	fi
+	@test -x $(CHROMIUM) || (echo "apt-get ran, but $(CHROMIUM) is still missing"; exit 1)
+
+test-browser: $(BROWSER_STAMP) $(CHROMIUM)
+	$(BIN)/python tests/browser/check_notebooks.py $(if $(NOTEBOOKS),--only $(NOTEBOOKS)) --out runs/browser
+	$(MAKE) site NOTEBOOKS=$(NOTEBOOKS)
+	$(BIN)/python tests/browser/check_notebooks.py --site site --out runs/browser-site
+
+site: $(STAMP)
+	$(BIN)/python -m efflab.ui.site --execute $(if $(NOTEBOOKS),--only $(NOTEBOOKS)) --executed runs/site --out site
 
 full: $(STAMP)
 	$(BIN)/python -m efflab.run_notebooks --mode full --device auto
