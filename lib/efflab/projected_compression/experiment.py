@@ -28,7 +28,7 @@ import torch
 
 from efflab.cache import cached
 from efflab.data.text import load_corpus
-from efflab.experiment import Budget, paper_table, seeds_for, spread
+from efflab.experiment import Budget, committed_device, paper_table, seeds_for, spread
 from efflab.flops import gpt_parameter_count
 from efflab.models.gpt import GPTConfig, TinyLM
 from efflab.parallel import run_all, task_progress
@@ -690,7 +690,7 @@ def paper_rows(summary: dict, committed: dict | None = None) -> pd.DataFrame:
                 note="held-out sentences, equal distillation steps",
             )
         )
-    return paper_table(rows)
+    return paper_table(rows, full_run_on=committed_device(NAME))
 
 
 def _verdict(gaps: list[float]) -> str:

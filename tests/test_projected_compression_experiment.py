@@ -1,0 +1,186 @@
+"""Projected compression's experiment, MiniLM pieces and playground: wiring, validation and computed findings."""
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+from efflab.flops import gpt_parameter_count
+from efflab.models.bert import BertConfig, FeedForward
+from efflab.projected_compression.experiment import (
+    CompressionBudget,
+    findings,
+    paper_rows,
+    run_experiment,
+    target_for_keep,
+)
+from efflab.projected_compression.sentence_encoder import (
+    EncoderBudget,
+    ProjectedFeedForward,
+    merge_ffn,
+    prune_ffn,
+)
+from efflab.runtime import setup
+
+
+def test_targets_follow_the_keep_fraction_of_non_embedding_parameters():
+    config = CompressionBudget.quick().config
+    full = gpt_parameter_count(config, include_embedding=False)
+    widths = []
+    for keep in (0.5, 0.35, 0.2):
+        target = target_for_keep(config, keep)
+        small = dataclasses.replace(config, d_model=target.d_model, d_ff=target.d_ff)
+        share = gpt_parameter_count(small, include_embedding=False) / full
+        assert abs(share - keep) < 0.06 and target.d_model % config.n_head == 0
+        widths.append(target.d_model)
+    assert widths == sorted(widths, reverse=True) and len(set(widths)) == 3
+
+
+@pytest.mark.parametrize(
+    ("changes", "word"),
+    [
+        ({"pretrain_steps": (600, 100)}, "pretrain_steps"),
+        ({"token_budgets": (120, 40)}, "token_budgets"),
+        ({"keep_fractions": (0.5, 1.0)}, "keep_fractions"),
+        ({"retrain_lrs": (float("nan"),)}, "lr"),
+        ({"seeds": 0}, "seeds"),
+    ],
+)
+def test_bad_budgets_raise(changes, word):
+    with pytest.raises(ValueError, match=word):
+        dataclasses.replace(CompressionBudget.quick(), **changes)
+
+
+def test_bad_encoder_budgets_raise():
+    with pytest.raises(ValueError, match="layers"):
+        EncoderBudget(layers=(6,))
+    with pytest.raises(ValueError, match="keep_ffn"):
+        EncoderBudget(keep_ffn=1.5)
+
+
+def test_projected_bert_ffn_starts_as_the_pruned_one_and_merges_exactly():
+    torch.manual_seed(0)
+    ffn = FeedForward(BertConfig(d_model=16, d_ff=64, n_head=2))
+    before = copy.deepcopy(ffn.state_dict())
+    kept = torch.tensor([1, 5, 8, 30, 63])
+    x = torch.randn(2, 3, 16)
+    projected = ProjectedFeedForward(ffn, kept)
+    assert torch.equal(projected(x), prune_ffn(ffn, kept)(x))
+    optimizer = torch.optim.AdamW([p for p in projected.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        loss = projected(x).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    merged = merge_ffn(projected)
+    assert merged.up.weight.shape == (5, 16) and merged.down.weight.shape == (16, 5)
+    with torch.no_grad():
+        assert (merged(x) - projected(x)).abs().max() < 1e-5
+    for name, value in ffn.state_dict().items():
+        assert torch.equal(value, before[name]) and ffn.get_parameter(name).grad is None
+
+
+TINY = CompressionBudget(
+    d_model=16,
+    d_ff=32,
+    n_layer=1,
+    n_head=2,
+    block_size=8,
+    batch_size=2,
+    corpus_bytes=20_000,
+    pretrain_steps=(3, 6),
+    keep_fractions=(0.5, 0.2),
+    token_budgets=(2, 4),
+    seeds=2,
+    retrain_lrs=(1e-3,),
+    projection_lrs=(1e-3, 3e-3),
+    calibration_batches=1,
+    eval_batches=1,
+    eval_batch_size=2,
+    evals_per_run=1,
+    encoder=EncoderBudget(enabled=False),
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_result(tmp_path_factory):
+    import os
+
+    previous = os.environ.get("EFFLAB_CACHE")
+    os.environ["EFFLAB_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    try:
+        run = setup("quick", "cpu", 0, verbose=False)
+        from efflab.parallel import run_all  # noqa: F401  (the study runs its tasks inline below)
+
+        os.environ["EFFLAB_EXECUTOR"] = "inline"
+        yield run_experiment(run, TINY)
+    finally:
+        os.environ.pop("EFFLAB_EXECUTOR", None)
+        if previous is None:
+            os.environ.pop("EFFLAB_CACHE", None)
+        else:
+            os.environ["EFFLAB_CACHE"] = previous
+
+
+def test_tiny_study_gives_every_method_every_setting_at_equal_tokens(tiny_result):
+    summary = tiny_result.summary()
+    assert summary["merge_error"] < 1e-5 and summary["parameter_match"]
+    for quality in ("low", "high"):
+        for keep in ("0.5", "0.2"):
+            final = summary["final_loss"][quality][keep]
+            assert all(len(final[m]) == 2 for m in final)
+            for tokens in summary["tokens"]:
+                assert len(summary["gap_pc_minus_pruned"][quality][keep][str(tokens)]) == 2
+    trained = tiny_result.runs[tiny_result.runs.method != "pruned, no retrain"]
+    assert set(trained.tokens) == {2 * 16, 4 * 16}
+    assert set(tiny_result.runs.importance) == {"activation", "magnitude", "random"}
+    assert tiny_result.lrs["projected compression"] in TINY.projection_lrs
+    text = findings(summary)
+    assert "Longer-pretrained base" in text and "Shorter-pretrained base" in text
+    table = paper_rows(summary, None)
+    assert "this run" in table.columns and len(table) >= 5
+
+
+def _summary_with_gaps(high: list[float], low: list[float]) -> dict:
+    def per_keep(gaps):
+        return {"0.5": {"100": [g + 0.01 for g in gaps], "300": gaps}}
+
+    return {
+        "tokens": [100, 300],
+        "base_loss": {"high": 2.0, "low": 3.0},
+        "gap_pc_minus_pruned": {"high": per_keep(high), "low": per_keep(low)},
+    }
+
+
+def test_findings_has_a_sentence_for_each_outcome():
+    better = findings(_summary_with_gaps([-0.05, -0.04], [0.02, 0.03]))
+    assert "projected compression beats hard prune + retrain" in better
+    assert "hard prune + retrain beats projected compression" in better
+    assert "larger on the better base" in better and "in PC's favour" in better
+    mixed = findings(_summary_with_gaps([-0.05, 0.04], [-0.01, -0.02]))
+    assert "mixed" in mixed and "not larger on the better base" in mixed
+
+
+def test_playground_answers_every_control_and_its_button_adds_a_run(tiny_result):
+    from efflab.projected_compression import plots
+
+    result = copy.deepcopy(tiny_result)
+    playground = plots.playground(result)
+    first = playground.status.value
+    playground.controls["keep"].value = 0.2
+    assert playground.status.value != first
+    playground.controls["importance"].value = "random"
+    playground.controls["tokens_per_run"].value = 64
+    assert "precomputed only" in playground.status.value
+    playground.controls["quality"].value = "low"
+    rows = len(result.runs)
+    playground.run_action()
+    assert playground.actions_run == 1 and len(result.runs) == rows + 2
+    for figure in (
+        plots.final_loss_by_keep(result),
+        plots.gap_vs_tokens(result),
+        plots.projection_heatmap(result),
+        plots.flops_figure(result),
+    ):
+        assert figure.data
