@@ -18,7 +18,7 @@ sweeps: short runs, few LRs, two seeds, so the argmins are noisy and the noteboo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -27,7 +27,6 @@ from efflab.data.text import load_corpus
 from efflab.experiment import Budget, paper_table, seeds_for, spread
 from efflab.maximal_update.coordinate_check import (
     CoordinateCheckTask,
-    activation_group,
     coordinate_slopes,
     records_table,
     run_coordinate_check,
@@ -249,6 +248,7 @@ class Result:
     granularity_sweep: pd.DataFrame  # the same with curve = G
     live: dict = field(default_factory=dict)  # (parameterization, alpha_in, alpha_out, alpha_router) -> table
     seconds: float = 0.0
+    device: str = "cpu"
 
     def slopes(self, step: int | None = None, table: pd.DataFrame | None = None) -> pd.DataFrame:
         return coordinate_slopes(self.coordinates if table is None else table, step or self.budget.slope_step)
@@ -302,6 +302,10 @@ class Result:
                     "seed_indices": {
                         str(c): [int(i) for i in row] for c, row in zip(part["curve"], seed_indices, strict=True)
                     },
+                    "best_loss_seeds": {
+                        str(c): _seed_losses(table, parameterization, c, lr)
+                        for c, lr in zip(part["curve"], part["best_lr"], strict=True)
+                    },
                     "shift": optimum_shift(part["best_index"].tolist()),
                     "seed_ranges": [optimum_shift(list(column))["range"] for column in seed_indices.T],
                     "diverged_runs": int(table[table["parameterization"] == parameterization]["diverged"].sum()),
@@ -320,6 +324,14 @@ class Result:
             "seeds": list(self.seeds),
             "seconds": round(self.seconds, 1),
         }
+
+
+def _seed_losses(table: pd.DataFrame, parameterization: str, curve: int, lr: float) -> list[float]:
+    """Each seed's loss at one LR of one curve (finite ones only)."""
+    if not math.isfinite(lr):
+        return []
+    rows = table[(table["parameterization"] == parameterization) & (table["curve"] == curve) & (table["lr"] == lr)]
+    return [float(v) for v in rows.sort_values("seed")["val_loss"] if math.isfinite(v)]
 
 
 def _number(value) -> float | None:
@@ -353,6 +365,7 @@ def run_experiment(run: Run, budget: MupBudget) -> Result:
         expert_sweep=parts["expansion"],
         granularity_sweep=parts["granularity"],
         seconds=timer.seconds,
+        device=device,
     )
 
 
@@ -367,7 +380,7 @@ def live_coordinate_check(
     check_int("seeds", seeds, low=2)  # a slope per seed mean needs a spread to be honest about
     budget = result.budget
     tasks = coordinate_tasks(
-        budget, result.seeds[:1] + tuple(result.seeds[0] + i for i in range(1, seeds)), "cpu",
+        budget, tuple(result.seeds[0] + i for i in range(seeds)), result.device,
         parameterizations=(parameterization,), multipliers=multipliers,
     )  # fmt: skip
     if report is not None:
@@ -528,7 +541,12 @@ def findings(summary: dict) -> str:
     losses = [width["mup"]["best_loss"][str(w)] for w in summary["sweep_widths"]]
     if all(v is not None for v in losses):
         order = "wider is better at its best LR" if all(np.diff(losses) < 0) else "wider is not always better"
-        text += f" μP's best losses by width: {', '.join(f'{v:.3f}' for v in losses)} ({order})."
+        quoted = [
+            f"{w}: {spread(width['mup']['best_loss_seeds'][str(w)])}"
+            for w in summary["sweep_widths"]
+            if width["mup"]["best_loss_seeds"][str(w)]
+        ]
+        text += f" μP's loss at each width's best LR (seeds): {'; '.join(quoted)} ({order})."
     lines.append(text)
 
     for which, claim, symbol in (("expansion", "stays", "E"), ("granularity", "shifts", "G")):
@@ -558,23 +576,4 @@ def findings(summary: dict) -> str:
     return "\n\n".join(lines)
 
 
-def sweep_widths_spread(summary: dict, parameterization: str) -> str:
-    """Each width's best loss as a seed spread would need the raw table; here the argmin indices per seed."""
-    entry = summary["sweeps"]["width"][parameterization]
-    return "; ".join(f"{c}: {spread(v, 2)}" for c, v in entry["seed_indices"].items())
-
-
-def with_changes(budget: MupBudget, **changes) -> MupBudget:
-    return replace(budget, **changes)
-
-
-__all__ = [
-    "NAME",
-    "MupBudget",
-    "Result",
-    "run_experiment",
-    "live_coordinate_check",
-    "paper_rows",
-    "findings",
-    "activation_group",
-]
+__all__ = ["NAME", "MupBudget", "Result", "run_experiment", "live_coordinate_check", "paper_rows", "findings"]
