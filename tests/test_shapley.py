@@ -292,3 +292,82 @@ def test_bad_inputs_raise_clear_errors(model, digits):
         sh.remove_channels(copy.deepcopy(model), "features.0.conv", range(5), digits.train.x[:2])
     with pytest.raises(ValueError, match="empty or the full"):
         sh.shapley_kernel_weights(sh.all_coalitions(3))
+
+
+# --- a game worked out by hand ----------------------------------------------------------------------------------
+
+# Three channels a, b, c (bits 1, 2, 4). a and b are twins: either alone gives 0.9, both together still 0.9; c is
+# weak alone (0.3) but adds a little to either twin (0.95); the empty layer is at chance (0.1).
+HAND = torch.tensor([0.10, 0.90, 0.90, 0.90, 0.30, 0.95, 0.95, 0.95], dtype=torch.float64)
+THIRD, SIXTH = 1 / 3, 1 / 6
+
+
+def test_every_exact_estimator_on_a_game_worked_out_by_hand():
+    """The Shapley weights for n = 3 are 1/3 for |S| = 0 and |S| = 2 and 1/6 for |S| = 1.
+
+    phi_a = 1/3 (v(a) - v()) + 1/6 (v(ab) - v(b)) + 1/6 (v(ac) - v(c)) + 1/3 (v(abc) - v(bc))
+          = 1/3 (0.8) + 1/6 (0) + 1/6 (0.65) + 1/3 (0) = 0.375, and phi_b = phi_a by symmetry;
+    phi_c = 1/3 (0.2) + 1/6 (0.05) + 1/6 (0.05) + 1/3 (0.05) = 0.1. They sum to v(abc) - v() = 0.85.
+    Leave-one-out: a: 0.95 - 0.95 = 0, b: 0, c: 0.95 - 0.90 = 0.05.
+    Partial, removing, K = 1: the |S| = 2 terms only: a 0, b 0, c 0.05/3.
+    Partial, removing, K = 2: plus the |S| = 1 terms: a 0.65/6, c 0.05/3 + 0.1/6.
+    Partial, adding, K = 1: the |S| = 0 terms only: a 0.8/3, b 0.8/3, c 0.2/3.
+    Partial, adding, K = 2: plus the |S| = 1 terms: a 0.8/3 + 0.65/6 = 0.375, c 0.2/3 + 0.1/6.
+    Either direction with K = 3 is the whole sum.
+    """
+    game = sh.TabulatedGame(HAND)
+    exact = [0.375, 0.375, 0.1]
+    assert torch.allclose(sh.exact_shapley(game).scores, torch.tensor(exact, dtype=torch.float64))
+    assert torch.allclose(sh.shapley_from_table(HAND), torch.tensor(exact, dtype=torch.float64))
+    assert torch.allclose(sh.leave_one_out(game).scores, torch.tensor([0.0, 0.0, 0.05], dtype=torch.float64))
+    expected = {
+        ("removing", 1): [0.0, 0.0, 0.05 * THIRD],
+        ("removing", 2): [0.65 * SIXTH, 0.65 * SIXTH, 0.05 * THIRD + 0.1 * SIXTH],
+        ("adding", 1): [0.8 * THIRD, 0.8 * THIRD, 0.2 * THIRD],
+        ("adding", 2): [0.8 * THIRD + 0.65 * SIXTH, 0.8 * THIRD + 0.65 * SIXTH, 0.2 * THIRD + 0.1 * SIXTH],
+        ("removing", 3): exact,
+        ("adding", 3): exact,
+    }
+    for (direction, order), values in expected.items():
+        found = sh.partial_shapley(game, order, direction=direction)
+        assert torch.allclose(found.scores, torch.tensor(values, dtype=torch.float64)), (direction, order)
+    # costs: K = 1 needs the full layer and the 3 layers missing one channel (or the empty one and 3 singletons)
+    assert (
+        sh.partial_shapley(game, 1).evaluations == sh.partial_shapley(game, 1, direction="adding").evaluations == 4
+    )
+    assert sh.partial_shapley(game, 2, direction="adding").evaluations == 7
+    # the Shapley-kernel least squares over all six proper coalitions is exact as well
+    proper = sh.all_coalitions(3)[1:-1]
+    solved = sh.solve_shapley_regression(
+        proper, HAND[1:-1], empty=0.1, full=0.95, weights=sh.shapley_kernel_weights(proper)
+    )
+    assert torch.allclose(solved, torch.tensor(exact, dtype=torch.float64))
+
+
+def test_oracle_sets_and_the_oracle_rank_of_the_hand_game():
+    """Removing one channel: removing a or b leaves 0.95, removing c leaves 0.9; a and b tie (accuracy and loss),
+    so the lower coalition index wins: keep {a, c} (index 5), i.e. remove b. Removing two: keeping a or b alone
+    gives 0.9, c alone 0.3; the tie goes to keeping a, so b and c are removed.
+    Keeping one: a (0.9, tied with b, lower index). Keeping two: {a, c} (0.95, tied with {b, c}, lower index).
+    Oracle rank: b is first removed at size 1, c at size 2, a never: least important first b, c, a, so the
+    scores (places) are a 2, b 0, c 1."""
+    table = sh.CoalitionTable(HAND, 1 - HAND)  # a loss that orders coalitions like the accuracy
+    removing = sh.oracle_sets(table, [1, 2])
+    assert removing.tolist() == [[False, True, False], [False, True, True]]
+    adding = sh.oracle_sets(table, [1, 2], direction="adding")
+    assert adding.tolist() == [[True, False, False], [True, False, True]]
+    rank = sh.oracle_rank(table)
+    assert rank.scores.tolist() == [2.0, 0.0, 1.0] and rank.ranking.tolist() == [1, 2, 0]
+    assert rank.evaluations == 8
+    # the authors' scores: the exact Shapley ranking (c, then a and b tied, a first) against those sets.
+    # removal: o = 1: bottom {c} vs {b}: 0; o = 2: bottom {c, a} vs {b, c}: 1/2 -> mean 0.25
+    # adding: o = 1: top {b} vs {a}: 0; o = 2: top {b, a} vs {a, c}: 1/2 -> mean 0.25
+    exact = sh.exact_shapley(table.game())
+    assert exact.ranking.tolist() == [2, 0, 1]
+    assert sh.oracle_accuracy(exact.ranking, table, sizes=[1, 2]) == {"removal": 0.25, "adding": 0.25}
+    # the Oracle rank itself finds every removal set but not the adding ones (top {a}, {a, c}: 1 and 1)
+    assert sh.oracle_accuracy(rank.ranking, table, sizes=[1, 2]) == {"removal": 1.0, "adding": 1.0}
+    with pytest.raises(ValueError, match="direction"):
+        sh.oracle_sets(table, [1], direction="sideways")
+    with pytest.raises(ValueError, match="direction"):
+        sh.partial_shapley(sh.TabulatedGame(HAND), 1, direction="sideways")

@@ -15,7 +15,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from efflab.ui.plots import TEMPLATE, style_figure
-from efflab.ui.widgets import Explorer, dropdown, explorer, slider
+from efflab.ui.widgets import Playground, dropdown, slider
+from efflab.ui.widgets import playground as widget_playground
 
 COLORS = {
     "exact Shapley": "#000000",
@@ -45,9 +46,15 @@ def _band(figure: go.Figure, x, low, high, name: str) -> None:
     """A shaded min-max band behind a line (the spread over seeds and sampling draws)."""
     x = list(x)
     figure.add_scatter(
-        x=x + x[::-1], y=list(high) + list(low)[::-1], fill="toself", fillcolor=color(name), opacity=0.12,
-        line=dict(width=0), hoverinfo="skip", showlegend=False,
-    )  # fmt: skip
+        x=x + x[::-1],
+        y=list(high) + list(low)[::-1],
+        fill="toself",
+        fillcolor=color(name),
+        opacity=0.12,
+        line=dict(width=0),
+        hoverinfo="skip",
+        showlegend=False,
+    )
 
 
 def channel_values(exact, others: Mapping[str, Sequence[float]], *, title: str) -> go.Figure:
@@ -64,9 +71,13 @@ def channel_values(exact, others: Mapping[str, Sequence[float]], *, title: str) 
         scores = np.asarray(scores, dtype=float)
         scale = exact.sum() / scores.sum() if scores.sum() != 0 else 1.0
         figure.add_scatter(
-            x=labels, y=scores[order] * scale, name=f"{name} (rescaled)", mode="markers+lines",
-            marker=dict(color=color(name), size=8), line=dict(color=color(name), width=1, dash="dot"),
-        )  # fmt: skip
+            x=labels,
+            y=scores[order] * scale,
+            name=f"{name} (rescaled)",
+            mode="markers+lines",
+            marker=dict(color=color(name), size=8),
+            line=dict(color=color(name), width=1, dash="dot"),
+        )
     return style_figure(figure, title, "channel (sorted by exact Shapley value)", "share of v(N) - v(∅)")
 
 
@@ -100,34 +111,59 @@ def marginal_heatmap(marginals, *, title: str) -> go.Figure:
     return figure.update_layout(height=420)
 
 
-def cost_benefit(table: pd.DataFrame, *, title: str) -> go.Figure:
-    """Rank correlation with the exact values against coalition evaluations, one line per estimator family.
+REFERENCES = {"oracle": "the Oracle rank", "kendall": "exact Shapley"}
 
-    ``table`` is :meth:`StudyResult.cost_benefit`: mean evaluations and mean / min / max Kendall τ per setting.
-    Families that cost nothing are drawn as horizontal lines; exact Shapley is the point at τ = 1.
+
+def cost_benefit(table: pd.DataFrame, *, title: str, against: str = "oracle") -> go.Figure:
+    """Rank correlation against coalition evaluations, one line per estimator family.
+
+    ``table`` is :meth:`StudyResult.cost_benefit`: mean evaluations and mean / min / max Kendall τ per setting,
+    against the Oracle rank (``against="oracle"``) or the exact values (``"kendall"``). Families that cost nothing
+    are drawn as horizontal lines.
     """
+    if against not in REFERENCES:
+        raise ValueError(f"against={against!r} is not allowed; expected one of {tuple(REFERENCES)}")
+    table = table.assign(
+        kendall=table[against], kendall_min=table[f"{against}_min"], kendall_max=table[f"{against}_max"]
+    )
     figure = go.Figure()
     for family, rows in table.groupby("family", sort=False):
         if family in ZERO_COST:
             figure.add_hline(
-                y=rows.kendall.mean(), line_dash="dash", line_color=color(family),
-                annotation_text=f"{family} (free)", annotation_position="bottom right",
-            )  # fmt: skip
+                y=rows.kendall.mean(),
+                line_dash="dash",
+                line_color=color(family),
+                annotation_text=f"{family} (free)",
+                annotation_position="bottom right",
+            )
             continue
         rows = rows.sort_values("evaluations")
         x = rows.evaluations.tolist()
         _band(figure, x, rows.kendall_min, rows.kendall_max, family)
         figure.add_scatter(
-            x=x, y=rows.kendall, name=family, mode="lines+markers", line=dict(color=color(family)),
-            text=[f"setting {s}" for s in rows.setting], hovertemplate="%{x:.0f} evaluations, τ=%{y:.2f}, %{text}",
-        )  # fmt: skip
+            x=x,
+            y=rows.kendall,
+            name=family,
+            mode="lines+markers",
+            line=dict(color=color(family)),
+            text=[f"setting {s}" for s in rows.setting],
+            hovertemplate="%{x:.0f} evaluations, τ=%{y:.2f}, %{text}",
+        )
     figure.update_xaxes(type="log")
-    figure = style_figure(figure, title, "coalition evaluations (log scale)", "Kendall τ with exact Shapley")
+    figure = style_figure(
+        figure, title, "coalition evaluations (log scale)", f"Kendall τ with {REFERENCES[against]}"
+    )
     return figure.update_layout(height=460)
 
 
-def agreement_by_size(agreement: pd.DataFrame, *, title: str, families: Sequence[str] | None = None) -> go.Figure:
-    """Oracle agreement against removal size (mean over seeds, min-max band), with the random baseline o/n."""
+def agreement_by_size(
+    agreement: pd.DataFrame, *, title: str, families: Sequence[str] | None = None, direction: str = "removing"
+) -> go.Figure:
+    """Share of the oracle set of each size that a ranking finds (mean over seeds, min-max band), with the random
+    baseline o/n: its ``o`` lowest channels against the best removal set (``direction="removing"``), or its ``o``
+    highest against the best set to keep (``"adding"``)."""
+    if "direction" in agreement:
+        agreement = agreement[agreement.direction == direction]
     figure = go.Figure()
     families = families or list(dict.fromkeys(agreement.family))
     for family in families:
@@ -175,11 +211,18 @@ def network_bars(network: pd.DataFrame, *, title: str) -> go.Figure:
     for stage, pattern in (("pruned", "/"), ("fine-tuned", "")):
         stats = rows[rows.stage == stage].groupby("method", sort=False).test_accuracy.agg(["mean", "min", "max"])
         figure.add_bar(
-            x=stats.index, y=stats["mean"], name=stage, marker_pattern_shape=pattern,
+            x=stats.index,
+            y=stats["mean"],
+            name=stage,
+            marker_pattern_shape=pattern,
             marker_color=[color(m) for m in stats.index],
-            error_y=dict(type="data", symmetric=False, array=stats["max"] - stats["mean"],
-                         arrayminus=stats["mean"] - stats["min"]),
-        )  # fmt: skip
+            error_y=dict(
+                type="data",
+                symmetric=False,
+                array=stats["max"] - stats["mean"],
+                arrayminus=stats["mean"] - stats["min"],
+            ),
+        )
     figure.add_hline(y=dense, line_dash="dot", annotation_text="dense network", annotation_position="top left")
     figure.update_layout(barmode="group")
     figure.update_yaxes(range=[0, 1])
@@ -202,17 +245,25 @@ def rank_comparison(exact, estimate, *, estimate_name: str, title: str, values=N
     estimate_place[_order(estimate)] = np.arange(players)
     columns = 2 if values is not None else 1
     figure = make_subplots(
-        rows=1, cols=columns, column_widths=[0.45, 0.55][:columns] if columns == 2 else None,
+        rows=1,
+        cols=columns,
+        column_widths=[0.45, 0.55][:columns] if columns == 2 else None,
         subplot_titles=("pruning order (bottom = removed first)", "coalition values by size")[:columns],
-    )  # fmt: skip
+    )
     for channel in range(players):
         early = exact_place[channel] < players // 2
         figure.add_scatter(
-            x=["exact Shapley", estimate_name], y=[exact_place[channel], estimate_place[channel]],
-            mode="lines+markers+text", text=[f"ch {channel}", ""], textposition="middle left",
-            line=dict(color="#d62728" if early else "#1f77b4", width=1.5), showlegend=False,
-            hovertemplate=f"channel {channel}: place %{{y}}<extra></extra>", row=1, col=1,
-        )  # fmt: skip
+            x=["exact Shapley", estimate_name],
+            y=[exact_place[channel], estimate_place[channel]],
+            mode="lines+markers+text",
+            text=[f"ch {channel}", ""],
+            textposition="middle left",
+            line=dict(color="#d62728" if early else "#1f77b4", width=1.5),
+            showlegend=False,
+            hovertemplate=f"channel {channel}: place %{{y}}<extra></extra>",
+            row=1,
+            col=1,
+        )
     figure.update_yaxes(title_text="place in the pruning order", row=1, col=1)
     if values is not None:
         _add_value_heatmap(figure, np.asarray(values, dtype=float), col=2)
@@ -228,19 +279,34 @@ def _add_value_heatmap(figure: go.Figure, values: np.ndarray, *, col: int, bins:
     share = counts / counts.sum(axis=1, keepdims=True)
     centres = (edges[:-1] + edges[1:]) / 2
     figure.add_heatmap(
-        x=np.arange(players + 1), y=centres, z=np.where(share.T > 0, share.T, np.nan), colorscale="Blues",
-        colorbar=dict(title="share", x=1.02), hovertemplate="size %{x}, value %{y:.2f}: %{z:.1%}<extra></extra>",
-        row=1, col=col,
-    )  # fmt: skip
+        x=np.arange(players + 1),
+        y=centres,
+        z=np.where(share.T > 0, share.T, np.nan),
+        colorscale="Blues",
+        colorbar=dict(title="share", x=1.02),
+        hovertemplate="size %{x}, value %{y:.2f}: %{z:.1%}<extra></extra>",
+        row=1,
+        col=col,
+    )
     by_size = pd.Series(values).groupby(sizes)
     figure.add_scatter(
-        x=by_size.mean().index, y=by_size.mean(), name="mean", mode="lines", line=dict(color="black", dash="dot"),
-        row=1, col=col,
-    )  # fmt: skip
+        x=by_size.mean().index,
+        y=by_size.mean(),
+        name="mean",
+        mode="lines",
+        line=dict(color="black", dash="dot"),
+        row=1,
+        col=col,
+    )
     figure.add_scatter(
-        x=by_size.max().index, y=by_size.max(), name="best of each size (oracle)", mode="lines",
-        line=dict(color=color("oracle set")), row=1, col=col,
-    )  # fmt: skip
+        x=by_size.max().index,
+        y=by_size.max(),
+        name="best of each size (oracle)",
+        mode="lines",
+        line=dict(color=color("oracle set")),
+        row=1,
+        col=col,
+    )
     figure.update_xaxes(title_text="channels kept", row=1, col=col)
     figure.update_yaxes(title_text="payoff", row=1, col=col)
 
@@ -248,28 +314,57 @@ def _add_value_heatmap(figure: go.Figure, values: np.ndarray, *, col: int, bins:
 BUDGETS = (0, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 65536)
 
 
-def playground(result) -> Explorer:
-    """Layer, estimator and evaluation-budget controls over a finished study (first seed).
+def playground_view(result, layer: str, estimator: str, budget: int) -> tuple[go.Figure, str]:
+    """The playground's answer for one setting of its controls: the figure and a status sentence.
 
-    For a budget, each estimator shows its largest precomputed setting that costs at most that many coalition
-    evaluations (its cheapest one if none does): the answer to "what do I get for this many forward passes?".
+    For a budget, the estimator shows its largest precomputed setting that costs at most that many coalition
+    evaluations. The status line says when the budget is past the largest precomputed setting (then more budget
+    changes nothing), below the cheapest one, or irrelevant (a free criterion).
     """
     seed = result.seeds[0]
+    rows = result.estimates[
+        (result.estimates.layer == layer)
+        & (result.estimates.family == estimator)
+        & (result.estimates.seed == seed)
+    ]
+    row = result.pick(layer, estimator, budget=budget, seed=seed)
+    costs = sorted(set(rows.evaluations))
+    if costs == [0]:
+        note = f"{estimator} needs no coalition evaluation: the budget does not change it"
+    elif budget > max(costs):
+        largest = rows.sort_values("evaluations").iloc[-1]
+        note = (
+            f"budget {budget:,} is past the largest precomputed setting of {estimator} ({largest.method}, "
+            f"{int(largest.evaluations):,} evaluations): showing that one"
+        )
+    elif budget < min(costs):
+        note = (
+            f"budget {budget:,} is below the cheapest precomputed setting ({min(costs):,} evaluations): showing it"
+        )
+    else:
+        note = f"the largest precomputed setting within budget {budget:,}"
+    values = result.tables[seed, layer].values(result.payoff)
+    title = f"{row.method} on {layer}, seed {seed}"
+    figure = rank_comparison(
+        result.exact(seed, layer), row.scores, estimate_name=row.method, title=title, values=values
+    )
+    status = (
+        f"{row.method}: {int(row.evaluations):,} evaluations (exact: {2**row.players:,}); Kendall τ with the "
+        f"Oracle rank {row.oracle:.2f}, with exact Shapley {row.kendall:.2f}; accuracy of removal "
+        f"{row.removal:.2f}, of adding {row.adding:.2f} (random: {row.baseline:.2f}). {note}."
+    )
+    return figure, status
+
+
+def playground(result) -> Playground:
+    """Layer, estimator and evaluation-budget controls over a finished study (first seed), with a status line."""
     layers = list(dict.fromkeys(result.estimates.layer))
     families = [family for family in dict.fromkeys(result.estimates.family) if family != "exact Shapley"]
 
     def render(layer, estimator, budget):
-        row = result.pick(layer, estimator, budget=budget, seed=seed)
-        title = (
-            f"{row.method} on {layer}: {row.evaluations} evaluations (exact: {2**row.players}), "
-            f"Kendall τ = {row.kendall:.2f}, oracle agreement {row.agreement:.2f} (random: {row.baseline:.2f})"
-        )
-        values = result.tables[seed, layer].values(result.payoff)
-        return rank_comparison(
-            result.exact(seed, layer), row.scores, estimate_name=row.method, title=title, values=values
-        )
+        return playground_view(result, layer, estimator, budget)
 
-    return explorer(
+    return widget_playground(
         render,
         layer=dropdown("layer", layers, value=layers[-1]),
         estimator=dropdown("estimator", families, value="permutations"),

@@ -35,7 +35,7 @@ estimator                   idea                                          coalit
 ==========================  ============================================  ==================================
 :func:`exact_shapley`       every term of (1)                             ``2^n``
 :func:`leave_one_out`       the ``|S| = n - 1`` term                      ``n + 1``
-:func:`partial_shapley`     terms with at most ``K`` channels removed     ``Σ_{j ≤ K} C(n, j)``
+:func:`partial_shapley`     terms with at most ``K`` removed (or kept)    ``Σ_{j ≤ K} C(n, j)``
 :func:`permutation_shapley` average marginals along ``M`` random orders   at most ``M (n - 1) + 2``
 :func:`regression_shapley`  fit ``v(S) ≈ v(∅) + Σ_{i ∈ S} φ_i``         ``m`` (+ 2 when weighted)
 :func:`norm_scores`         L1 / L2 norm of each filter                   0
@@ -49,11 +49,14 @@ coalitions as one matrix product of a (coalitions x channels) 0/1 mask matrix wi
 ``Z = M P``. Only the (small) rest of the network runs per coalition. See :class:`ChannelGame`.
 
 **The oracle benchmark** (the paper's section on the Oracle rank). With all ``2^n`` payoffs in hand we know the
-best removal set of every size (:func:`oracle_sets`). A ranking agrees with oracle pruning of size ``o`` as far
-as its ``o`` lowest channels overlap that set (:func:`oracle_agreement`); a uniformly random ranking overlaps
-``o/n`` of it on average (:func:`random_agreement`), the baseline any criterion must beat. This measures the
-ranking *before* fine-tuning; later work (Feng et al. 2024, arXiv 2412.00143) found that for larger networks the
-loss right after pruning barely predicts the loss after retraining.
+best removal set and the best set to keep of every size (:func:`oracle_sets`, both directions). From the removal
+sets we build the **Oracle rank** (:func:`oracle_rank`; the construction is *inferred*, see there) and score every
+estimator by Kendall's τ against it. Beside it, the authors' own two scores (:func:`oracle_accuracy`): the
+*accuracy of removal* (how much of the best removal set of size ``o`` a ranking's ``o`` lowest channels hold) and
+the *accuracy of adding* (the same for the ``o`` highest and the best set to keep), for ``o = 1..5``. A uniformly
+random ranking scores ``o/n`` on average (:func:`random_agreement`), the baseline any criterion must beat. This
+measures the ranking *before* fine-tuning; later work (Feng et al. 2024, arXiv 2412.00143) found that for larger
+networks the loss right after pruning barely predicts the loss after retraining.
 """
 
 from __future__ import annotations
@@ -434,24 +437,36 @@ def leave_one_out(game: CoalitionGame) -> Estimate:
     return Estimate("leave-one-out", values[0] - values[1:], counted.evaluations)
 
 
-def partial_shapley(game: CoalitionGame, order: int) -> Estimate:
-    """The terms of (1) in which at most ``order`` channels (channel ``i`` included) are removed.
+PARTIAL_DIRECTIONS = ("removing", "adding")
 
-    That is ``|S| ≥ n - order``, with the Shapley weights left as they are (the partial sum is not rescaled).
-    ``order = 1`` keeps only ``S = N \\ {i}``, whose weight is ``1/n``: the leave-one-out score divided by ``n``.
-    ``order = n`` is the exact value. In between it is the paper's bridge from LOO to Shapley, costing the
-    ``Σ_{j ≤ order} C(n, j)`` coalitions that lack at most ``order`` channels.
+
+def partial_shapley(game: CoalitionGame, order: int, *, direction: str = "removing") -> Estimate:
+    """The terms of (1) close to one end of the lattice: the paper's partial Shapley value, in two directions.
+
+    ``direction="removing"`` keeps the terms in which at most ``order`` channels (channel ``i`` included) are
+    removed, ``|S| ≥ n - order``: coalitions near the full layer. ``order = 1`` keeps only ``S = N \\ {i}``,
+    whose weight is ``1/n``: the leave-one-out score divided by ``n``. ``direction="adding"`` keeps the terms in
+    which at most ``order`` channels (``i`` included) are kept, ``|S ∪ {i}| ≤ order``: coalitions near the empty
+    layer, channels added to almost nothing. ``order = 1`` is then ``v({i}) - v(∅)`` over ``n``. Either way the
+    Shapley weights are left as they are (the partial sum is not rescaled), ``order = n`` is the exact value, and
+    the cost is the ``Σ_{j ≤ order} C(n, j)`` coalitions that lack (or hold) at most ``order`` channels.
     """
     players = game.players
     check_int("order", order, low=1, high=players)
+    check_choice("direction", direction, PARTIAL_DIRECTIONS)
     counted = CountingGame(game)
-    parents = coalitions_missing_at_most(players, order - 1)  # S ∪ {i}
+    if direction == "removing":
+        parents = coalitions_missing_at_most(players, order - 1)  # S ∪ {i}: at most order - 1 others removed
+    else:
+        # complements of "at most `order` removed" keep at most `order`; the first row is the empty coalition
+        parents = ~coalitions_missing_at_most(players, order)[1:]
     children = parents[:, None, :] & ~torch.eye(players, dtype=torch.bool)  # [p, i] = parent p without i
     values = counted(torch.cat([parents, children.reshape(-1, players)]))
     parent_values, child_values = values[: len(parents)], values[len(parents) :].view(len(parents), players)
     weights = shapley_weights(players)[parents.sum(1) - 1]  # weight of |S| = |parent| - 1
     marginals = (parent_values[:, None] - child_values) * parents  # zero where i was not in the parent
-    return Estimate(f"partial Shapley (K={order})", (weights[:, None] * marginals).sum(0), counted.evaluations)
+    name = f"partial Shapley (K={order})" if direction == "removing" else f"partial Shapley, adding (K={order})"
+    return Estimate(name, (weights[:, None] * marginals).sum(0), counted.evaluations)
 
 
 def _truncated_chains(counted: CountingGame, position: Tensor, truncation: float) -> Tensor:
@@ -590,29 +605,74 @@ def rank_correlation(scores: Tensor, reference: Tensor) -> float:
     return float(stats.kendalltau(scores, reference).statistic)
 
 
-def oracle_sets(table: CoalitionTable, sizes: Sequence[int], *, payoff: str = "accuracy") -> Tensor:
-    """The best removal set of each size: a (len(sizes), n) bool tensor, True = removed.
+ORACLE_DIRECTIONS = ("removing", "adding")
 
-    For size ``o``, among all ``C(n, o)`` ways to remove ``o`` channels, the one whose remaining network has the
-    highest payoff. Ties (common with accuracy on a few hundred images) go to the lower loss, and for the loss
-    payoff to the higher accuracy.
+
+def oracle_sets(
+    table: CoalitionTable, sizes: Sequence[int], *, payoff: str = "accuracy", direction: str = "removing"
+) -> Tensor:
+    """The oracle set of each size, as a (len(sizes), n) bool tensor.
+
+    ``direction="removing"`` (True = removed): among all ``C(n, o)`` ways to remove ``o`` channels, the one whose
+    remaining network has the highest payoff, the best ``o`` to remove. ``direction="adding"`` (True = kept):
+    among all ways to keep only ``o`` channels, the one with the highest payoff, the best ``o`` to keep. Ties
+    (common with accuracy on a few hundred images) go to the lower loss, and for the loss payoff to the higher
+    accuracy; a tie on both goes to the lower coalition index.
     """
+    check_choice("direction", direction, ORACLE_DIRECTIONS)
     players = table.players
     primary = table.values(payoff).numpy()
     secondary = table.values("loss" if payoff == "accuracy" else "accuracy").numpy()
     coalitions = all_coalitions(players)
     kept = coalitions.sum(1).numpy()
     best = []
-    for size in sizes:  # one search per removal size
+    for size in sizes:  # one search per size
         check_int("sizes", size, low=1, high=players - 1)
-        candidates = np.flatnonzero(kept == players - size)
-        winner = candidates[np.lexsort((secondary[candidates], primary[candidates]))[-1]]
-        best.append(~coalitions[winner])
+        candidates = np.flatnonzero(kept == (players - size if direction == "removing" else size))
+        order = np.lexsort((-candidates, secondary[candidates], primary[candidates]))
+        winner = candidates[order[-1]]
+        best.append(~coalitions[winner] if direction == "removing" else coalitions[winner])
     return torch.stack(best)
 
 
+def oracle_rank(table: CoalitionTable, *, payoff: str = "accuracy") -> Estimate:
+    """The Oracle rank, the benchmark ranking built from the removal oracle sets of every size 1..n-1.
+
+    Our construction, **inferred** from the paper's text and the authors' code (the paper's exact recipe was not
+    available): oracle sets of different sizes need not be nested, so each channel is placed by the smallest size
+    ``o`` at which it first enters the best removal set (removed earliest = least important), ties broken by how
+    many of the sets it belongs to (more = less important), then by channel index. The scores are the places,
+    so higher means more important, like every estimator's; it costs the ``2^n`` evaluations of the table.
+    """
+    players = table.players
+    sets = oracle_sets(table, list(range(1, players)), payoff=payoff).numpy()  # row o - 1: best removal set of o
+    sizes = np.arange(1, players)[:, None]
+    first = np.where(sets, sizes, players).min(axis=0)  # size at which each channel is first removed (n: never)
+    count = sets.sum(axis=0)
+    ranking = np.lexsort((np.arange(players), -count, first))  # least important first
+    scores = torch.empty(players, dtype=torch.float64)
+    scores[torch.as_tensor(ranking)] = torch.arange(players, dtype=torch.float64)
+    return Estimate("Oracle rank", scores, 2**players)
+
+
+def oracle_accuracy(ranking: Tensor, table: CoalitionTable, *, sizes: Sequence[int], payoff: str = "accuracy"):
+    """The authors' two scores of a ranking, for oracle set sizes ``sizes`` (the code uses 1..5).
+
+    *Accuracy of removal*: the share of the removal oracle set of size ``o`` among the ``o`` lowest-ranked
+    channels; *accuracy of adding*: the share of the adding oracle set of size ``o`` among the ``o`` highest-ranked
+    ones. Each is averaged over ``sizes``; a uniformly random ranking scores ``o/n`` on average for each size.
+    Returns ``{"removal": float, "adding": float}``.
+    """
+    removing = oracle_sets(table, sizes, payoff=payoff, direction="removing")
+    adding = oracle_sets(table, sizes, payoff=payoff, direction="adding")
+    return {
+        "removal": float(oracle_agreement(ranking, removing).mean()),
+        "adding": float(oracle_agreement(ranking.flip(0), adding).mean()),
+    }
+
+
 def oracle_agreement(ranking: Tensor, removed: Tensor) -> Tensor:
-    """For each oracle set of size ``o``: the fraction of it among the ``o`` lowest-ranked channels."""
+    """For each oracle set of size ``o``: the fraction of it among the first ``o`` channels of ``ranking``."""
     sizes = removed.sum(1)
     position = torch.empty_like(ranking)
     position[ranking] = torch.arange(len(ranking))
