@@ -92,7 +92,7 @@ class DenseToMoEBudget(Budget):
     minilm_ks: tuple = (8, 24, 48)
     minilm_finetune_steps: int = 0
     minilm_finetune_weight: float = 1e-3
-    minilm_finetune_lr: float = 5e-5
+    minilm_finetune_lr: float = 1e-4
 
     def __post_init__(self):
         for name in ("seeds", "d_model", "n_layers", "n_heads", "d_ff", "train_steps", "batch_size"):
@@ -524,18 +524,20 @@ def run_experiment(run: Run, budget: DenseToMoEBudget, *, minilm: bool = True, p
     """The whole notebook's computation; returns a :class:`DenseToMoEResult`."""
     start = time.perf_counter()
     seeds = seeds_for(run.seed, budget.seeds)
-    first: list = [DenseTask(seed, budget) for seed in seeds]
-    if minilm:
-        first.insert(0, MiniLMTask(run.seed, budget, device=str(run.device)))
-    outcomes = run_all(run_task, first, description="dense ViTs and MiniLM", progress=progress)
-    minilm_result = outcomes.pop(0) if minilm else None
-    dense = {o["seed"]: o for o in outcomes}
-    tasks = [
+    trained = run_all(
+        run_task, [DenseTask(seed, budget) for seed in seeds], description="dense ViTs", progress=progress
+    )
+    dense = {o["seed"]: o for o in trained}
+    tasks: list = [
         ConversionTask(seed, name, weight, experts, budget, dense[seed]["state"])
         for seed in seeds
         for name, weight, experts in budget.variants()
     ]
-    conversions = run_all(run_task, tasks, description="sparsify, convert, route", progress=progress)
+    if minilm:  # the longest task goes first, so the conversions share the other cores meanwhile
+        tasks.insert(0, MiniLMTask(run.seed, budget, device=str(run.device)))
+    outcomes = run_all(run_task, tasks, description="sparsify, convert, route (and MiniLM)", progress=progress)
+    minilm_result = outcomes.pop(0) if minilm else None
+    conversions = outcomes
     test = load_digits(DATA_SEED).test
     result = DenseToMoEResult(
         budget=budget,

@@ -36,6 +36,8 @@ from efflab.dense_to_moe.sparsity import SparsityLoss, relufy
 from efflab.train import TrainConfig, fit
 from efflab.validation import check_int
 
+SPECIAL_TOKENS = ("[CLS]", "[SEP]", "[PAD]")
+
 
 def tokenized_batches(tokenizer, sentences: Sequence[str], batch_size: int) -> list[dict[str, Tensor]]:
     """The sentences as tokenized batches (``input_ids``, ``attention_mask``), in order."""
@@ -152,7 +154,8 @@ def distillation_finetune(
 
 @torch.no_grad()
 def word_experts(model: nn.Module, tokenizer, sentence: str, rule: str, value) -> list[tuple[str, float]]:
-    """The words of ``sentence`` with the mean number of experts their WordPiece tokens ran (over layers)."""
+    """The words of ``sentence`` with the mean number of experts their WordPiece tokens ran (over layers);
+    the special tokens ([CLS], [SEP]) run experts too but are left out of the list."""
     check_rule(rule)
     device = next(model.parameters()).device
     batch = tokenizer([sentence])
@@ -170,4 +173,4 @@ def word_experts(model: nn.Module, tokenizer, sentence: str, rule: str, value) -
             words[-1] = (words[-1][0] + piece[2:], [*words[-1][1], value_k])
         else:
             words.append((piece, [value_k]))
-    return [(word, sum(ks) / len(ks)) for word, ks in words]
+    return [(word, sum(ks) / len(ks)) for word, ks in words if word not in SPECIAL_TOKENS]
