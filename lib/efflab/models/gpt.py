@@ -208,8 +208,19 @@ class TinyLM(nn.Module):
         self.aux_loss = torch.zeros(())
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        if idx.dim() != 2:
-            raise ValueError(f"idx has shape {tuple(idx.shape)}; expected (batch, time)")
+        if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.is_floating_point() or idx.is_complex():
+            shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
+            raise ValueError(f"idx has shape {shape}; expected integer token ids of shape (batch, time)")
+        # On a GPU the range check would wait for the device at every step; there torch's own assert stands.
+        if (
+            idx.device.type == "cpu"
+            and idx.numel()
+            and not 0 <= int(idx.min()) <= int(idx.max()) < self.config.vocab_size
+        ):
+            raise ValueError(
+                f"idx holds token ids from {int(idx.min())} to {int(idx.max())}; expected ids in "
+                f"[0, vocab_size={self.config.vocab_size})"
+            )
         if idx.shape[1] > self.config.block_size:
             raise ValueError(
                 f"sequence length T={idx.shape[1]} is not allowed; "

@@ -214,6 +214,22 @@ class Routing:
         )
 
 
+def check_logits(logits, dims: int) -> None:
+    """Router logits: a floating tensor of ``dims`` dimensions, at least one expert, no NaN or infinity.
+
+    The finiteness check runs on CPU tensors only: on a GPU it would stop the device at every layer of every
+    step to read one boolean, and a training run that diverged shows it in its loss anyway.
+    """
+    if not isinstance(logits, Tensor) or not logits.is_floating_point() or logits.dim() != dims:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        expected = "(tokens, n_experts)" if dims == 2 else "(batch, time, n_experts)"
+        raise ValueError(f"logits has shape {shape}; expected a floating tensor {expected}")
+    if logits.shape[-1] < 1 or logits.numel() == 0:
+        raise ValueError(f"logits has shape {tuple(logits.shape)}; expected at least one token and one expert")
+    if logits.device.type == "cpu" and not torch.isfinite(logits).all():
+        raise ValueError("logits contains NaN or infinity; expected finite router scores")
+
+
 def token_choice_capacity(n_tokens: int, top_k: int, n_experts: int, capacity_factor: float) -> int:
     """Tokens one expert may take: ``ceil(capacity_factor * n_tokens * top_k / n_experts)``, in [1, n_tokens]."""
     return max(1, min(n_tokens, math.ceil(capacity_factor * n_tokens * top_k / n_experts)))
@@ -228,9 +244,12 @@ def route_token_choice(
     choices before any second choice (GShard, Lepikhin et al. 2020, arXiv 2006.16668), then by token order;
     the rest are dropped and the token skips that expert.
     """
+    check_logits(logits, 2)
     n_tokens, n_experts = logits.shape
     check_int("top_k", top_k, low=1, high=n_experts)
     check_choice("softmax_order", softmax_order, SOFTMAX_ORDERS)
+    if capacity_factor is not None:
+        check_positive("capacity_factor", capacity_factor)
     probabilities = logits.softmax(dim=-1)
     if softmax_order == "before_topk":
         top_gates, top_experts = probabilities.topk(top_k, dim=-1)
@@ -290,9 +309,11 @@ def route_expert_choice(
     groups of ``group_size`` sequences (None: one group); at every position each expert takes its
     :func:`expert_choice_capacity` best tokens of each group. A token no expert picks skips the layer.
     """
-    if logits.dim() != 3:
-        raise ValueError(f"logits has shape {tuple(logits.shape)}; expected (batch, time, n_experts)")
+    check_logits(logits, 3)
     batch, time, n_experts = logits.shape
+    check_int("top_k", top_k, low=1, high=n_experts)
+    if group_size is not None:
+        check_int("group_size", group_size, low=1)
     group_size = batch if group_size is None else group_size
     if batch % group_size != 0:
         raise ValueError(
