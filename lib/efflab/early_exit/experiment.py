@@ -824,7 +824,7 @@ def findings(summary: dict) -> str:
         "agrees": "on every seed, as the paper says",
         "disagrees": "on no seed: this run disagrees with the paper",
         "mixed": "on some seeds and not on others, so this run does not settle it",
-        "undecided": "nowhere: no operating point fitted the budget",
+        "undecided": "on no seed, because no operating point fitted that budget",
     }
     lines = []
     low = _differences(summary, "mixed", "disjoint", "25%")
@@ -876,7 +876,7 @@ def findings(summary: dict) -> str:
         }[gain_outcome]
     else:
         where = "0 %, i.e. joint" if best == 0 else "100 %, i.e. heads that never train"
-        tail = "against the paper, which puts the best split inside the range"
+        tail = "against the paper's proposal, which needs a share strictly inside the range"
     lines.append(
         f"- **Phase-1 share** (the authors sweep it). The best mean area under the curve for mixed came at "
         f"{where}: {tail} (AUC gain over 0 %: {spread(gains)})."
