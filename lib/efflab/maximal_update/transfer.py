@@ -50,7 +50,9 @@ class SweepTask:
     eval_batches: int = 4
     max_bytes: int = 400_000
     device: str = "cpu"
-    label: str = ""  # which curve it belongs to (e.g. "width 64", "E=8")
+    # Which curve it belongs to (e.g. "width 64", "E=8"); not part of its identity, so a point two sweeps share
+    # (muP at the fixed width with the family's E and G) is trained once.
+    label: str = field(default="", compare=False)
 
     def __post_init__(self):
         self.family.check_width(self.width)
