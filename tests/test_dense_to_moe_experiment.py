@@ -40,6 +40,7 @@ def _summary(dynamic, moefication):
         "vit_saving_at_one_point_drop": savings,
         "zero_fraction": {"lambda=0.01": {"before": 0.5, "after": 0.9}},
         "main_variant": "lambda=0.01",
+        "vit_ffn_share": 0.7,
         "timing": [{"implementation": "gathered", "time_ratio": 1.5, "flop_ratio": 0.6}],
         "minilm": {
             "no fine-tuning (GELU)": {"saving_at_cosine_095": {"dynamic_k": 0.3, "top_k": 0.1}, "curves": {}}
