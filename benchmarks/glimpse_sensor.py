@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
 from efflab.glimpse.sensor import Sensor
+from efflab.timing import interleaved_times
 
 
 def loop_read(canvases, boxes, glimpse_size):
@@ -34,11 +34,9 @@ def loop_read(canvases, boxes, glimpse_size):
     return torch.stack(crops)
 
 
-def seconds(work, repeats: int) -> float:
-    start = time.perf_counter()
-    for _ in range(repeats):
-        work()
-    return (time.perf_counter() - start) / repeats
+def repeated(work, repeats: int):
+    """``work`` run ``repeats`` times in a row, so that a fast column's round is long enough to time."""
+    return lambda: [work() for _ in range(repeats)]
 
 
 def main() -> None:
@@ -64,13 +62,9 @@ def main() -> None:
             "read+paint": lambda c=canvases, b=boxes, m=memory: sensor.paint(m, sensor.read(c, b), b),
         }
         repeats = {name: 1 if name == "loop" else max(1, 4096 // batch) for name in columns}
-        for work in columns.values():  # warm-up
-            seconds(work, 1)
-        times = {name: [] for name in columns}
-        for _ in range(args.rounds):
-            for name, work in columns.items():
-                times[name].append(seconds(work, repeats[name]))
-        rate = {name: batch / statistics.median(values) for name, values in times.items()}
+        works = {name: repeated(work, repeats[name]) for name, work in columns.items()}
+        times = interleaved_times(works, repeats=args.rounds, warmup=1)
+        rate = {name: batch * repeats[name] / statistics.median(values) for name, values in times.items()}
         cells = [f"{rate[name]:>10,.0f} ({rate[name] / rate['loop']:5.1f}x)" for name in ("read", "read+paint")]
         print(f"{batch:>7} {rate['loop']:>12,.0f} {cells[0]:>20} {cells[1]:>20}")
 
