@@ -109,3 +109,18 @@ def test_diverging_loss_stops_with_a_clear_error():
 def test_bad_configs_name_the_parameter(kwargs, name):
     with pytest.raises(ValueError, match=name):
         TrainConfig(**{"steps": 10, **kwargs})
+
+
+def test_classification_metrics_name_the_split_they_scored():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 4)
+    x, y = torch.randn(50, 3), torch.randint(0, 4, (50,))
+    default = classification_metrics(model, x, y, batch_size=7)
+    test = classification_metrics(model, x, y, batch_size=7, prefix="test")
+    assert set(default) == {"val_loss", "val_accuracy"} and set(test) == {"test_loss", "test_accuracy"}
+    logits = model(x)
+    assert test["test_accuracy"] == pytest.approx(float((logits.argmax(-1) == y).float().mean()))
+    assert test["test_loss"] == pytest.approx(float(nn.functional.cross_entropy(logits, y)), rel=1e-5)
+    assert default["val_accuracy"] == test["test_accuracy"]
+    with pytest.raises(ValueError, match="prefix='holdout'"):
+        classification_metrics(model, x, y, prefix="holdout")
