@@ -101,6 +101,8 @@ def test_findings_have_a_phrasing_for_each_outcome(result):
     shifted = copy.deepcopy(summary)
     shifted["sweeps"]["granularity"]["mup"]["shift"]["range"] = 0
     assert "does not show here" in findings(shifted)
+    shifted["sweeps"]["granularity"]["mup"]["shift"]["range"] = 1
+    assert "neither confirms nor rules out" in findings(shifted)
     shifted["sweeps"]["granularity"]["mup"]["shift"]["range"] = 2
     assert "granularity shifts the optimal LR" in findings(shifted)
 

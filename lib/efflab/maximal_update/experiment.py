@@ -564,12 +564,18 @@ def findings(summary: dict) -> str:
                 if shift <= 1
                 else " It moved by more than a grid step: disagrees with the reported transfer across experts."
             )
-        else:
+        elif shift >= 2:
             text += (
-                " It moved: agrees with the report that granularity shifts the optimal LR."
-                if shift >= 1
-                else " It did not move at this scale: the reported shift does not show here."
+                " It moved by more than a grid step: agrees with the report that granularity shifts the optimal"
+                " LR."
             )
+        elif shift == 1:
+            text += (
+                " It moved by one grid step, no more than noise moves an argmin here: neither confirms nor rules"
+                " out the reported shift."
+            )
+        else:
+            text += " It did not move at this scale: the reported shift does not show here."
         if len(summary["seeds"]) and len(entry["seed_ranges"]) == 1:
             text += " (One seed: read it as a hint.)"
         lines.append(text)
