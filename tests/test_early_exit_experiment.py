@@ -205,7 +205,7 @@ def test_findings_phrase_each_outcome(differences, phrase):
     assert phrase in first
     ahead = sum(d > 0 for d in differences)
     assert f"mixed ahead on {ahead}/3 seeds" in first
-    assert "at 50 %, strictly between" in text  # the sweep's best share in this made-up summary
+    assert "at 50 %, strictly between" in text and "beat joint on every seed" in text  # the made-up sweep
 
 
 def test_same_seed_twice_gives_the_same_logits():
@@ -248,7 +248,9 @@ def test_figures_build_from_the_result(result):
     ]
     assert all(isinstance(figure, go.Figure) and figure.data for figure in figures)
     assert "more than any block's dimension" in figures[3].layout.title.text
-    assert "caps the rank" in early_exit_plots.rank_figure(result.rank_bands(), [10, 300], 200).layout.title.text
+    assert (
+        "caps the rank" in early_exit_plots.rank_figure(result.rank_bands(), [10, 300, 8], 200).layout.title.text
+    )
 
 
 def test_every_playground_control_visibly_answers(result):
