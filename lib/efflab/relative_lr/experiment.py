@@ -409,7 +409,9 @@ def _task(
     *,
     track: bool = True,
     shape: str = "proxy",
+    curve: bool = True,
 ) -> TrainTask:
+    """One run of the study; ``curve=False`` (search trials) evaluates only after the last step."""
     big = shape == "transfer"
     return TrainTask(
         architecture=architecture,
@@ -421,7 +423,7 @@ def _task(
         batch_size=budget.batch_size,
         schedule=schedule,
         seed=seed,
-        eval_every=budget.eval_every if schedule.steps > budget.eval_every else 0,
+        eval_every=budget.eval_every if curve and schedule.steps > budget.eval_every else 0,
         eval_batches=budget.eval_batches,
         track_every=budget.track_every if track else 0,
         weight_decay=budget.weight_decay,
@@ -489,7 +491,7 @@ def run_search(runner, budget: RelativeLRBudget, base_lr: dict, groups: dict, se
             return searches
         round_index += 1
         tasks = [
-            _task(budget, arch, schedule_at(proxies[arch], point), seed, device, track=False)
+            _task(budget, arch, schedule_at(proxies[arch], point), seed, device, track=False, curve=False)
             for arch, points in asked.items()
             for point in points
         ]
