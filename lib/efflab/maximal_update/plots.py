@@ -162,6 +162,13 @@ def playground(result: Result):
     """Parameterization, width, E, G and the three multipliers, over the precomputed runs; the button runs a
     fresh coordinate check of the chosen parameterization at the chosen multipliers."""
     budget = result.budget
+    best = optima(result.width_sweep)
+    figures: dict = {}  # each panel drawn once per setting: a slider moved back answers at once
+
+    def figure(key, draw):
+        if key not in figures:
+            figures[key] = draw()
+        return figures[key]
 
     def render(parameterization, width, experts, granularity, alpha_in, alpha_out, alpha_router):
         multipliers = Multipliers(float(alpha_in), float(alpha_out), float(alpha_router))
@@ -173,23 +180,29 @@ def playground(result: Result):
                 "(press the button); showing all α = 1"
             )
             table = result.coordinate_table(parameterization)
-        coord = coordinate_figure(
-            table, title=f"Coordinate check, {LABELS[parameterization]}, width {budget.coord_widths[0]}-"
-            f"{budget.coord_widths[-1]}"
-        )  # fmt: skip
+        shown = multipliers if not notes else Multipliers()
+        title = f"Coordinate check, {LABELS[parameterization]}, {shown.label()}"
+        coord = figure(("coordinates", parameterization, shown), lambda: coordinate_figure(table, title=title))
         swept = parameterization if parameterization in set(result.width_sweep["parameterization"]) else "mup"
         if swept != parameterization:
             notes.append(
                 "the width sweep ran under SP and μP only; showing μP's beside the "
                 f"{LABELS[parameterization]} check"
             )
-        width_panel = sweep_figure(result.width_sweep, "width", highlight=width, parameterizations=[swept])
-        expert_panel = sweep_figure(result.expert_sweep, "expansion", highlight=experts)
-        granularity_panel = sweep_figure(result.granularity_sweep, "granularity", highlight=granularity)
+        width_panel = figure(
+            ("width", swept, width),
+            lambda: sweep_figure(result.width_sweep, "width", highlight=width, parameterizations=[swept]),
+        )
+        expert_panel = figure(
+            ("expansion", experts), lambda: sweep_figure(result.expert_sweep, "expansion", highlight=experts)
+        )
+        granularity_panel = figure(
+            ("granularity", granularity),
+            lambda: sweep_figure(result.granularity_sweep, "granularity", highlight=granularity),
+        )
         family = budget.family(granularity=granularity, expansion=experts)
         model = family.build(width, device="meta")
         rows = rule_table(rules(model, family, parameterization, multipliers))
-        best = optima(result.width_sweep)
         here = best[(best["parameterization"] == swept) & (best["curve"] == width)]
         status = (
             f"{LABELS[parameterization]} at width {width} (m_d = {width / budget.base_width:g}), E={experts}, "
@@ -206,6 +219,7 @@ def playground(result: Result):
             float(values["alpha_in"]), float(values["alpha_out"]), float(values["alpha_router"])
         )
         table = live_coordinate_check(result, values["parameterization"], multipliers, report)
+        figures.pop(("coordinates", values["parameterization"], multipliers), None)  # a re-run replaces the old
         slopes = result.slopes(table=table)
         worst = slopes.loc[slopes["slope"].abs().idxmax()]
         return (
