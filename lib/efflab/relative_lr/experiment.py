@@ -64,12 +64,12 @@ class RelativeLRBudget(Budget):
     eval_every: int = 10
     eval_batches: int = 4
     track_every: int = 6
-    seeds: int = 2
+    seeds: int = 3
     lr_grid: tuple[float, ...] = (2e-3, 4e-3, 8e-3, 1.6e-2)
     weight_decay: float = 0.1
-    search_steps: int = 50
+    search_steps: int = 40
     search_passes: int = 1
-    search_evaluations: int = 41
+    search_evaluations: int = 33
     search_global: bool = False
     ablation: tuple[str, ...] = ("moe",)
     transfer_d_model: int = 0
