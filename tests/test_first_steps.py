@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import math
 
 import pytest
@@ -6,7 +7,16 @@ import torch
 
 import efflab
 from efflab.data.text import ByteCorpus, unigram_loss
-from efflab.first_steps.experiment import UNIFORM_LOSS, ByteLMBudget, temperature_table, train_byte_lm
+from efflab.first_steps import plots as first_plots
+from efflab.first_steps.experiment import (
+    UNIFORM_LOSS,
+    ByteLMBudget,
+    findings,
+    paper_rows,
+    run_experiment,
+    temperature_table,
+    train_byte_lm,
+)
 from efflab.train import language_model_loss
 
 
@@ -77,3 +87,65 @@ def test_temperature_table_is_consistent(corpus, budget):
         temperature_table(model, corpus, "", (1.0,))
     with pytest.raises(ValueError, match="temperature"):
         temperature_table(model, corpus, "x", (0.0,))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("d_model", 0),
+        ("n_layer", 1.5),
+        ("n_head", 3),  # 128 is not a multiple of 3
+        ("block_size", -1),
+        ("batch_size", 0),
+        ("steps", 0),
+        ("lr", float("nan")),
+        ("lr", -1e-3),
+        ("warmup_steps", 1000),
+        ("eval_every", 0),
+        ("eval_batches", 0),
+        ("prompt", ""),
+        ("temperatures", ()),
+        ("temperatures", (1.0, float("inf"))),
+        ("sample_length", 0),
+    ],
+)
+def test_every_budget_field_is_validated(field, value):
+    with pytest.raises(ValueError, match=field if field != "n_head" else "d_model"):
+        dataclasses.replace(ByteLMBudget.quick(), **{field: value})
+
+
+def test_the_experiment_keeps_the_contract(corpus, budget):
+    run = efflab.setup("quick", "cpu", 0, verbose=False)
+    small = dataclasses.replace(budget, temperatures=(0.5, 2.0), sample_length=8)
+    result = run_experiment(run, small, corpus=corpus)
+    summary = result.summary()
+    assert json.loads(json.dumps(summary)) == summary
+    assert summary["final_val_loss"] == pytest.approx(result.history.val_loss.dropna().iloc[-1])
+    table = paper_rows(summary, None)
+    assert list(table.index) == [
+        "validation loss vs uniform (nats/byte)",
+        "validation loss vs unigram (nats/byte)",
+    ]
+    assert table.iloc[0, 0] == round(UNIFORM_LOSS, 3) and (table.iloc[:, 2] == "n/a").all()
+    assert "ByteLMBudget(" in small.describe()
+    playground = first_plots.playground(result)
+    first = playground.status.value
+    playground.controls["temperature"].value = 0.5
+    assert playground.status.value != first and playground.renders == 2
+    assert len(first_plots.loss_curve(result).layout.shapes) == 2  # the two reference lines
+
+
+@pytest.mark.parametrize(
+    ("loss", "phrase"), [(1.0, "uses context"), (4.0, "byte frequencies"), (6.0, "has not learned")]
+)
+def test_findings_name_where_the_loss_lies(loss, phrase):
+    summary = {
+        "final_val_loss": loss,
+        "unigram_val_loss": 3.0,
+        "peak_probability_coldest": 0.9,
+        "peak_probability_hottest": 0.2,
+        "train_seconds": 10.0,
+        "steps": 100,
+        "parameters": 1000,
+    }
+    assert phrase in findings(summary)

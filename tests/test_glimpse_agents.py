@@ -1,5 +1,3 @@
-import queue
-
 import numpy as np
 import pytest
 import torch
@@ -7,19 +5,17 @@ from torch import nn
 
 from efflab import results
 from efflab.glimpse import agents, policies
-from efflab.glimpse.env import observation_space
-from efflab.glimpse.experiment import GlimpseExperiment
+from efflab.glimpse.env import Game, observation_space
+from efflab.glimpse.experiment import GlimpseBudget
 from efflab.glimpse.features import KeypointExtractor
 from efflab.glimpse.scenes import SceneConfig, load_scenes
-from efflab.glimpse.sensor import Sensor
 from efflab.glimpse.task_model import TaskModelBudget, train_task_model
+from efflab.parallel import run_all
 from efflab.runtime import torch_threads
-
-SENSOR = Sensor(canvas_size=24, glimpse_size=8)
 
 
 def test_keypoints_are_the_soft_arg_max_of_the_score_maps():
-    space = observation_space(grid=5, budget=2)
+    space = observation_space(grid=5, glimpses=2)
     extractor = KeypointExtractor(space, grid=5, keypoints=2)
 
     class Bright(nn.Module):  # score maps that peak sharply where the memory is bright
@@ -40,29 +36,28 @@ def test_keypoints_are_the_soft_arg_max_of_the_score_maps():
         KeypointExtractor(space, grid=6)
 
 
-def tiny_game():
-    """A 16 px scene without clutter and one glimpse: the best fixed box (the whole scene, at half resolution)
+def tiny_game(glimpses=1):
+    """A 16 px scene without clutter: with one glimpse, the best fixed box (the whole scene, at half resolution)
     beats a random box of random size by a wide margin, so a short SAC run can find it."""
     config = SceneConfig(canvas_size=16, n_fragments=0, layouts=2)
-    sensor = Sensor(canvas_size=16, glimpse_size=8)
-    budget = TaskModelBudget(steps=250, batch_size=64, glimpses=1, around_digit=0.5, whole_scene=0.5)
-    task_model, _ = train_task_model(load_scenes("train", config), sensor, budget, progress=False)
-    return sensor, task_model, load_scenes("train", config), load_scenes("test", config)
+    game = Game(scenes=config, glimpse_size=8, glimpses=glimpses, observation_grid=4)
+    budget = TaskModelBudget(steps=250, batch_size=64, glimpses=glimpses, around_digit=0.5, whole_scene=0.5)
+    task_model, _ = train_task_model(load_scenes("train", config), game.sensor, budget, progress=False)
+    return game, task_model, load_scenes("train", config), load_scenes("test", config)
 
 
 def test_a_short_sac_run_beats_random_glimpses_on_held_out_scenes():
     with torch_threads(1):  # small batches: a second thread only adds hand-offs, on a busy machine many
-        sensor, task_model, train, test = tiny_game()
+        game, task_model, train, test = tiny_game()
     budget = agents.AgentBudget(
         steps=1600, n_envs=8, gradient_steps=4, batch_size=64, hidden=(64, 64), learning_starts=200, channels=8
     )
     gains = []
     for seed in (0, 1):
-        agent, log = agents.train_agent(
-            train, sensor, task_model, budget, glimpses=1, observation_grid=4, seed=seed, progress=False
-        )
-        learned = policies.play(policies.agent_policy(agent, 4), test, sensor, task_model, 1).accuracy()[-1]
-        random = policies.play(policies.random_policy(seed), test, sensor, task_model, 1).accuracy()[-1]
+        with torch_threads(1):
+            agent, log = agents.train_agent(train, task_model, game, budget, seed=seed)
+        learned = policies.play(policies.agent_policy(agent), test, task_model, game).accuracy()[-1]
+        random = policies.play(policies.random_policy(seed), test, task_model, game).accuracy()[-1]
         gains.append(learned - random)
         assert log.steps_per_second > 0
     # Each accuracy is a mean over n held-out scenes, so the difference of two has a standard error of at most
@@ -71,30 +66,50 @@ def test_a_short_sac_run_beats_random_glimpses_on_held_out_scenes():
     assert np.mean(gains) > 3 * np.sqrt(0.5 / len(test))
 
 
-def tiny_budget(**overrides):
-    return agents.AgentBudget(
-        **{"steps": 64, "n_envs": 8, "gradient_steps": 1, "batch_size": 16, "hidden": (16,), "learning_starts": 32,
-           **overrides}
-    )  # fmt: skip
-
-
-def test_seeds_trained_in_worker_processes_match_seeds_trained_here(scenes, task_model):
-    here = agents.train_agents(scenes, SENSOR, task_model, tiny_budget(), [3], glimpses=2, observation_grid=6)
-    there = agents.train_agents(
-        scenes, SENSOR, task_model, tiny_budget(workers=2), [3, 4], glimpses=2, observation_grid=6, progress=False
+def test_a_short_sac_run_learns_a_second_zoomed_glimpse_that_pays():
+    """Two glimpses on the same 16 px scenes: the whole scene twice reads the digit at half resolution only, so
+    an agent beats that coarse view only if its glimpses zoom in (a box narrower than the scene) where the digit
+    is. The agent has to learn a second glimpse worth more than a repeated coarse look."""
+    with torch_threads(1):
+        game, task_model, train, test = tiny_game(glimpses=2)
+    budget = agents.AgentBudget(
+        steps=2400, n_envs=8, gradient_steps=4, batch_size=64, hidden=(64, 64), learning_starts=200, channels=8
     )
-    assert len(there) == 2
-    observations = np.random.default_rng(0).uniform(0, 1, (5, here[0][0].observation_space.shape[0]))
-    actions = [agent.predict(observations.astype(np.float32), deterministic=True)[0] for agent, _ in here + there]
+    with torch_threads(1):
+        agent, _ = agents.train_agent(train, task_model, game, budget, seed=0)
+    learned = policies.play(policies.agent_policy(agent), test, task_model, game)
+    coarse = policies.play(policies.coarse_view_policy(), test, task_model, game)
+    assert learned.mean_side().min() < game.scenes.canvas_size  # at least one glimpse zooms in
+    assert learned.accuracy()[-1] - coarse.accuracy()[-1] > 3 * np.sqrt(0.5 / len(test))
+
+
+def tiny_budget(**overrides):
+    settings = {"steps": 64, "n_envs": 8, "gradient_steps": 1, "batch_size": 16, "hidden": (16,)}
+    return agents.AgentBudget(**{**settings, "learning_starts": 32, **overrides})
+
+
+GAME = Game(scenes=SceneConfig(canvas_size=24, layouts=1), glimpses=2, observation_grid=6)
+
+
+def test_the_same_seed_gives_the_same_agent_on_every_backend(scenes, task_model):
+    def task(seed, game=GAME):
+        return agents.agent_task(scenes, task_model, game, tiny_budget(), seed)
+
+    here = run_all(agents.train_agent_task, [task(3)], backend="inline", progress=False)
+    there = run_all(agents.train_agent_task, [task(3), task(4)], backend="processes", workers=2, progress=False)
+    fixed = run_all(agents.train_agent_task, [task(3, GAME.with_fixed_side(12))], backend="inline", progress=False)
+    assert [outcome.seed for outcome in there] == [3, 4] and there[0].game == GAME
+    trained = [outcome.agent() for outcome in here + there + fixed]
+    observations = np.random.default_rng(0).uniform(0, 1, (5, trained[0].observation_space.shape[0]))
+    actions = [agent.predict(observations.astype(np.float32), deterministic=True)[0] for agent in trained]
     assert np.allclose(actions[0], actions[1], atol=1e-5)  # seed 3, here and in a worker: the same agent
-    assert not np.allclose(actions[1], actions[2])
+    assert not np.allclose(actions[1], actions[2])  # another seed, another agent
+    assert not np.allclose(actions[0], actions[3])  # a fixed scale changes the rewards, so the agent
 
 
 def test_a_saved_agent_loads_back_and_refuses_another_game(tmp_path, scenes, task_model):
-    agent, _ = agents.train_agent(
-        scenes, SENSOR, task_model, tiny_budget(), glimpses=2, observation_grid=6, progress=False
-    )
-    metadata = agents.metadata_for(SceneConfig(canvas_size=24), SENSOR, 2, 6)
+    agent, _ = agents.train_agent(scenes, task_model, GAME, tiny_budget())
+    metadata = GAME.metadata()
     agents.save_agent(agent, tmp_path, "tiny", metadata=metadata)
     loaded, info = agents.load_agent(tmp_path, "tiny", expected=metadata)
     observations = np.random.default_rng(0).uniform(0, 1, (5, agent.observation_space.shape[0])).astype(np.float32)
@@ -108,10 +123,8 @@ def test_a_saved_agent_loads_back_and_refuses_another_game(tmp_path, scenes, tas
 
 
 def test_a_damaged_saved_agent_is_refused_with_its_path(tmp_path, scenes, task_model):
-    agent, _ = agents.train_agent(
-        scenes, SENSOR, task_model, tiny_budget(), glimpses=2, observation_grid=6, progress=False
-    )
-    metadata = agents.metadata_for(SceneConfig(canvas_size=24), SENSOR, 2, 6)
+    agent, _ = agents.train_agent(scenes, task_model, GAME, tiny_budget())
+    metadata = GAME.metadata()
     path = agents.save_agent(agent, tmp_path, "tiny", metadata=metadata)
     path.write_bytes(path.read_bytes()[:100])  # a truncated zip
     with pytest.raises(ValueError, match="tiny_policy.zip cannot be loaded"):
@@ -128,9 +141,10 @@ def test_a_damaged_saved_agent_is_refused_with_its_path(tmp_path, scenes, task_m
         ({"n_envs": 0}, "n_envs"),
         ({"learning_starts": 3000}, "learning_starts"),
         ({"learning_rate": -1.0}, "learning_rate"),
-        ({"seeds": 0}, "seeds"),
         ({"initial_temperature": 0}, "initial_temperature"),
-        ({"workers": 0}, "workers"),
+        ({"hidden": ()}, "hidden"),
+        ({"gamma": 1.5}, "gamma"),
+        ({"batch_size": 2.5}, "batch_size"),
     ],
 )
 def test_bad_agent_budgets_name_the_parameter(kwargs, parameter):
@@ -138,35 +152,12 @@ def test_bad_agent_budgets_name_the_parameter(kwargs, parameter):
         agents.AgentBudget(**{"steps": 2000, **kwargs})
 
 
-def test_progress_from_worker_processes_reaches_each_seeds_bar():
-    class Bar:
-        def __init__(self):
-            self.count, self.postfix = 0, {}
-
-        def update(self, n):
-            self.count += n
-
-        def set_postfix(self, **values):
-            self.postfix = values
-
-    relay = queue.Queue()
-    for seed in (3, 4):
-        worker_side = agents._RelayBar(relay, seed)
-        worker_side.update(32)
-        worker_side.update(32 * seed)
-        worker_side.set_postfix(mean_return=f"{seed}.0")
-    bars = {3: Bar(), 4: Bar()}
-    agents._drain(relay, bars, timeout=0)
-    assert (bars[3].count, bars[4].count) == (128, 160)
-    assert bars[4].postfix == {"mean_return": "4.0"} and relay.empty()
-    agents._drain(relay, bars, timeout=0.01)  # nothing waiting: returns without blocking for long
-
-
 def test_a_committed_full_mode_policy_plays_the_current_game():
-    setting = GlimpseExperiment.quick()
-    committed = agents.load_agent(results.COMMITTED_RESULTS, "10_adaglimpse", expected=setting.metadata())
+    game = GlimpseBudget.quick().game
+    assert game == GlimpseBudget.full().game  # a policy trained in full mode runs in a quick-mode notebook
+    committed = agents.load_agent(results.COMMITTED_RESULTS, "10_adaglimpse", expected=game.metadata())
     if committed is None:
         pytest.skip("no full-mode policy is committed under data/results/")
     agent, info = committed  # load_agent has already refused a policy trained for another game
-    assert agent.observation_space == observation_space(setting.observation_grid, setting.glimpses)
+    assert agent.observation_space == observation_space(game.observation_grid, game.glimpses)
     assert info["provenance"]["mode"] == "full" and info["provenance"]["git_commit"]

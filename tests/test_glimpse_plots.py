@@ -3,7 +3,9 @@ import plotly.graph_objects as go
 import pytest
 
 from efflab.glimpse import plots as glimpse_plots
+from efflab.glimpse.env import Game
 from efflab.glimpse.policies import grid_policy, ideal_policy, play
+from efflab.glimpse.scenes import SceneConfig
 from efflab.glimpse.sensor import Sensor
 from efflab.ui.widgets import dropdown, explorer, slider
 
@@ -13,7 +15,8 @@ SENSOR = Sensor(canvas_size=24, glimpse_size=8)
 @pytest.fixture(scope="module")
 def played(scenes, task_model):
     policies = {"grid": grid_policy(), "ideal": ideal_policy()}
-    return scenes, {name: play(policy, scenes, SENSOR, task_model, 2) for name, policy in policies.items()}
+    game = Game(scenes=SceneConfig(canvas_size=24, layouts=1), glimpses=2, observation_grid=6)
+    return scenes, {name: play(policy, scenes, task_model, game) for name, policy in policies.items()}
 
 
 def test_the_scene_shows_one_numbered_rectangle_per_glimpse():
@@ -68,3 +71,34 @@ def test_accuracy_and_side_plots_carry_every_series():
     figure = glimpse_plots.side_by_step(sides, 32, title="t")
     assert [trace.name for trace in figure.data] == ["agent", "random"]
     assert list(figure.data[0].x) == [1, 2, 1, 2]
+
+
+def test_every_playground_control_changes_what_is_shown(played):
+    from types import SimpleNamespace
+
+    scenes, logs = played
+    game = Game(scenes=SceneConfig(canvas_size=24, layouts=1), glimpses=2, observation_grid=6)
+    result = SimpleNamespace(logs={name: [log] for name, log in logs.items()}, test_scenes=scenes, game=game)
+    playground = glimpse_plots.playground(result, scenes=5)
+    episode, bars = playground.last
+    assert len(episode.layout.shapes) == 2 and list(bars.data[0].x) == ["grid", "ideal"]
+    seen = {playground.status.value}
+
+    def shown():
+        episode, bars = playground.last
+        return (
+            episode.layout.title.text,
+            len(episode.layout.shapes),
+            tuple(bars.data[0].y),
+            playground.status.value,
+        )
+
+    before = shown()
+    for name, value in (("glimpses_taken", 1), ("policy", "ideal"), ("scene", 3)):
+        playground.controls[name].value = value
+        after = shown()
+        assert after != before, name  # each control visibly answers
+        before = after
+        seen.add(playground.status.value)
+    assert len(seen) == 4 and playground.renders == 4
+    assert "ideal, scene 3" in playground.status.value

@@ -3,19 +3,21 @@ import pytest
 import torch
 
 from efflab.glimpse import policies
-from efflab.glimpse.env import Episodes, where_from_actions
-from efflab.glimpse.sensor import Sensor
+from efflab.glimpse.env import Episodes, Game
+from efflab.glimpse.scenes import SceneConfig
 
-SENSOR = Sensor(canvas_size=24, glimpse_size=8)
+
+def game(glimpses):
+    return Game(scenes=SceneConfig(canvas_size=24, layouts=1), glimpses=glimpses, observation_grid=6)
 
 
 def first_boxes(policy, scenes, task_model, steps=1):
-    episodes = Episodes(scenes.x, scenes.y, SENSOR, task_model, steps, positions=scenes.positions)
+    episodes = Episodes(scenes.x, scenes.y, task_model, game(steps), positions=scenes.positions)
     boxes = []
     for _ in range(steps):
         actions = policy(episodes)
         assert actions.shape == (len(scenes), 3) and np.abs(actions).max() <= 1
-        episodes.take(where_from_actions(actions))
+        episodes.act(actions)
         boxes.append(episodes.boxes[:, episodes.step - 1])
     return boxes
 
@@ -40,14 +42,14 @@ def test_random_glimpses_are_seeded(scenes, task_model):
 
 
 def test_the_ideal_policy_needs_positions(scenes, task_model):
-    episodes = Episodes(scenes.x, scenes.y, SENSOR, task_model, 2)
+    episodes = Episodes(scenes.x, scenes.y, task_model, game(2))
     with pytest.raises(ValueError, match="positions"):
         policies.ideal_policy()(episodes)
 
 
 def test_play_logs_every_step_and_policies_share_the_prior(scenes, task_model):
     logs = {
-        name: policies.play(make(), scenes, SENSOR, task_model, 3, chunk=100)
+        name: policies.play(make(), scenes, task_model, game(3), chunk=100)
         for name, make in policies.BASELINES.items()
     }
     for log in logs.values():
@@ -55,5 +57,5 @@ def test_play_logs_every_step_and_policies_share_the_prior(scenes, task_model):
         assert log.accuracy().shape == (4,) and log.mean_side().shape == (3,)
     priors = {float(log.accuracy()[0]) for log in logs.values()}
     assert len(priors) == 1
-    whole = policies.play(policies.coarse_view_policy(), scenes, SENSOR, task_model, 3, chunk=len(scenes))
+    whole = policies.play(policies.coarse_view_policy(), scenes, task_model, game(3), chunk=len(scenes))
     assert torch.equal(whole.beliefs, logs["coarse view"].beliefs)  # chunking does not change the result

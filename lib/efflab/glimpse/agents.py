@@ -12,20 +12,18 @@ Two departures from the library's defaults, both about our tiny scale: the tempe
 1 (with a few thousand updates, the default spends most of them exploring at random), and the actor and the
 critics each own their keypoint layer (sharing it, trained by the critic alone, learned far less here).
 
-SAC's networks are so small that every update is hundreds of tiny operations: the GPU would wait on Python and a
-second CPU thread only adds hand-offs. Agents therefore train on one CPU thread each, and the seeds train side by
-side in separate processes (``AgentBudget.workers``), one per core where there are enough.
+SAC's networks are so small that every update is hundreds of tiny operations: a GPU would wait on Python and a
+second CPU thread only adds hand-offs. So every agent is one :class:`AgentTask` (its game, budget, seed, the
+training scenes and the frozen task model's weights), and the agents of an experiment (seeds, free and fixed
+scale) train side by side through :func:`efflab.parallel.run_all`, one task per core, each with a live bar.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import multiprocessing
-import queue
 import zipfile
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,27 +31,26 @@ import pandas as pd
 from stable_baselines3 import SAC
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
-from tqdm.auto import tqdm
 
 from efflab.cache import atomic_write
 from efflab.data.canvas import Canvases
-from efflab.glimpse.env import GlimpseVecEnv
+from efflab.experiment import Budget
+from efflab.glimpse.env import Game, GlimpseVecEnv
 from efflab.glimpse.features import KeypointExtractor
-from efflab.glimpse.sensor import Sensor
-from efflab.glimpse.task_model import GlimpseClassifier, freeze
+from efflab.glimpse.task_model import GlimpseClassifier, TaskModelConfig, freeze
+from efflab.parallel import task_progress
 from efflab.results import check_name, provenance, write_json
-from efflab.runtime import Run, Timer, torch_threads
-from efflab.train import progress_enabled
-from efflab.validation import check_int, check_positive
+from efflab.runtime import Run, Timer, seed_everything, torch_threads
+from efflab.validation import check_fraction, check_int, check_positive, check_seed
 
 
 @dataclass(frozen=True)
-class AgentBudget:
-    """SAC's size and training length, per seed; :meth:`for_run` picks quick or full.
+class AgentBudget(Budget):
+    """SAC's size and training length, per agent.
 
     ``steps`` counts transitions (one glimpse of one episode); each batched step of ``n_envs`` episodes is
-    followed by ``gradient_steps`` updates on ``batch_size`` transitions from the replay buffer. ``workers``
-    seeds train at the same time, each in its own process on one thread (1: one after the other, here).
+    followed by ``gradient_steps`` updates on ``batch_size`` transitions from the replay buffer, once
+    ``learning_starts`` random transitions have been collected.
     """
 
     steps: int
@@ -68,8 +65,6 @@ class AgentBudget:
     buffer_size: int = 100_000
     gamma: float = 0.99
     initial_temperature: float = 0.1
-    seeds: int = 3
-    workers: int = 1
 
     def __post_init__(self):
         check_int("steps", self.steps, low=1)
@@ -77,13 +72,16 @@ class AgentBudget:
         check_int("gradient_steps", self.gradient_steps, low=1)
         check_int("batch_size", self.batch_size, low=1)
         check_positive("learning_rate", self.learning_rate)
+        if not isinstance(self.hidden, tuple) or not self.hidden:
+            raise ValueError(f"hidden={self.hidden!r} is not allowed; expected a non-empty tuple of layer widths")
+        for width in self.hidden:
+            check_int("hidden", width, low=1)
         check_int("keypoints", self.keypoints, low=1)
         check_int("channels", self.channels, low=1)
         check_int("learning_starts", self.learning_starts, low=0, high=self.steps)
         check_int("buffer_size", self.buffer_size, low=self.batch_size)
+        check_fraction("gamma", self.gamma, inclusive=True)
         check_positive("initial_temperature", self.initial_temperature)
-        check_int("seeds", self.seeds, low=1)
-        check_int("workers", self.workers, low=1)
 
     @property
     def updates(self) -> int:
@@ -92,20 +90,14 @@ class AgentBudget:
 
     @classmethod
     def quick(cls) -> AgentBudget:
-        """4,744 updates per seed, about a minute on one core; the three seeds train side by side (about
-        100 s in all on two cores, against 170 s one after another)."""
-        return cls(steps=20_000, workers=3)
+        """2,000 updates of networks half as wide as full mode's, on half-size batches: a few ms per update on
+        one core, so four agents (two seeds, free and fixed scale) fit in about half a minute on two cores."""
+        return cls(steps=9_000, batch_size=64, hidden=(64, 64))
 
     @classmethod
     def full(cls) -> AgentBudget:
-        """Five seeds side by side, each with twice the quick budget (9,744 updates, about two minutes on one
-        core). Networks twice as wide would cost twice as much per update (25 against 12 ms on one core), so
-        full mode spends its time on more updates instead."""
-        return cls(steps=40_000, seeds=5, workers=5)
-
-    @classmethod
-    def for_run(cls, run: Run) -> AgentBudget:
-        return cls.quick() if run.quick else cls.full()
+        """9,744 updates of (128, 128) networks on batches of 128: about two minutes per agent on one core."""
+        return cls(steps=40_000)
 
 
 @dataclass
@@ -126,10 +118,7 @@ class TrainingLog:
 
 
 class _Progress(BaseCallback):
-    """Counts transitions on ``bar`` and logs the mean return of finished episodes every ``every`` transitions.
-
-    ``bar`` is a tqdm bar, or in a worker process a :class:`_RelayBar` that passes the counts to the parent.
-    """
+    """Counts transitions on ``bar`` and logs the mean return of finished episodes every ``every`` transitions."""
 
     def __init__(self, bar, log: TrainingLog, every: int):
         super().__init__()
@@ -145,56 +134,22 @@ class _Progress(BaseCallback):
         if self.num_timesteps // self.every > len(self.log.steps) and self.returns:
             self.log.steps.append(self.num_timesteps)
             self.log.mean_return.append(float(np.mean(self.returns)))
-            self.bar.set_postfix(mean_return=f"{self.log.mean_return[-1]:.3f}")
+            self.bar.set_postfix(mean_return=self.log.mean_return[-1])
             self.returns = []
         return True
 
-    def _on_training_end(self) -> None:
-        self.bar.close()
-
-
-class _RelayBar:
-    """The parts of a tqdm bar that :class:`_Progress` uses, sent over a queue to the bar in the parent."""
-
-    def __init__(self, relay, seed: int):
-        self.relay, self.seed = relay, seed
-
-    def update(self, n: int) -> None:
-        self.relay.put((self.seed, "update", n))
-
-    def set_postfix(self, **values) -> None:
-        self.relay.put((self.seed, "set_postfix", values))
-
-    def close(self) -> None:
-        pass  # the parent closes its bar when the worker's result arrives
-
 
 def train_agent(
-    scenes: Canvases,
-    sensor: Sensor,
-    task_model: GlimpseClassifier,
-    budget: AgentBudget,
-    *,
-    glimpses: int = 3,
-    observation_grid: int = 8,
-    seed: int = 0,
-    progress: bool | None = None,
-    bar=None,
+    scenes: Canvases, task_model: GlimpseClassifier, game: Game, budget: AgentBudget, *, seed: int = 0
 ) -> tuple[SAC, TrainingLog]:
-    """Train a fresh SAC agent for ``budget.steps`` transitions on ``scenes``; return it and its log.
+    """Train a fresh SAC agent for ``budget.steps`` transitions of ``game`` on ``scenes``; return it and its log.
 
-    Progress goes to a new tqdm bar (shown unless ``progress`` or the environment turns it off), or to ``bar``.
+    Progress goes to a :func:`efflab.parallel.task_progress` bar, which :func:`~efflab.parallel.run_all` shows
+    live (and which is silent when called outside it).
     """
-    env = GlimpseVecEnv(
-        scenes,
-        sensor,
-        task_model.cpu(),
-        n_envs=budget.n_envs,
-        budget=glimpses,
-        observation_grid=observation_grid,
-        seed=seed,
-    )
-    extractor = {"grid": observation_grid, "keypoints": budget.keypoints, "channels": budget.channels}
+    check_seed(seed)
+    env = GlimpseVecEnv(scenes, task_model.cpu(), game, n_envs=budget.n_envs, seed=seed)
+    extractor = {"grid": game.observation_grid, "keypoints": budget.keypoints, "channels": budget.channels}
     agent = SAC(
         "MlpPolicy",
         env,
@@ -217,87 +172,57 @@ def train_agent(
     )
     agent.set_logger(Logger(folder=None, output_formats=[]))  # the default makes an empty folder in /tmp per run
     log = TrainingLog(total_steps=budget.steps)
-    every = max(budget.steps // 20, budget.n_envs * glimpses)
-    if bar is None:
-        bar = tqdm(total=budget.steps, desc=f"SAC seed {seed}", disable=not progress_enabled(progress))
-    callback = _Progress(bar, log, every)
-    with torch_threads(1), Timer() as timer:
-        agent.learn(budget.steps, callback=callback)
+    every = max(budget.steps // 20, budget.n_envs * game.glimpses)
+    scale = "free scale" if game.fixed_side is None else f"fixed side {game.fixed_side}"
+    with task_progress(budget.steps, f"SAC {scale}, seed {seed}") as bar, Timer() as timer:
+        agent.learn(budget.steps, callback=_Progress(bar, log, every))
     log.seconds = timer.seconds
     return agent, log
 
 
-_relay = None  # in a worker process: the queue that carries progress to the parent
+@dataclass(frozen=True)
+class AgentTask:
+    """One agent to train, everything it needs inside: picklable, so :func:`efflab.parallel.run_all` can send it
+    to any worker. The task model travels as its config and weights."""
+
+    game: Game
+    budget: AgentBudget
+    seed: int
+    scenes: Canvases
+    task_config: TaskModelConfig
+    task_state: dict
 
 
-def _open_relay(relay) -> None:
-    global _relay
-    _relay = relay
+@dataclass(frozen=True)
+class TrainedAgent:
+    """What one :class:`AgentTask` returns: the agent as stable-baselines3 zip bytes, and its training log."""
+
+    game: Game
+    seed: int
+    policy: bytes
+    log: TrainingLog
+
+    def agent(self) -> SAC:
+        return SAC.load(io.BytesIO(self.policy), device="cpu")
 
 
-def _train_in_worker(job: dict) -> tuple[bytes, TrainingLog]:
-    """One seed in a worker process: rebuild the frozen task model, train, return the agent as zip bytes."""
-    task_model = GlimpseClassifier(job.pop("task_config"))
-    task_model.load_state_dict(job.pop("task_state"))
-    agent, log = train_agent(task_model=freeze(task_model), bar=_RelayBar(_relay, job["seed"]), **job)
+def agent_task(
+    scenes: Canvases, task_model: GlimpseClassifier, game: Game, budget: AgentBudget, seed: int
+) -> AgentTask:
+    state = {name: tensor.detach().cpu() for name, tensor in task_model.state_dict().items()}
+    return AgentTask(game, budget, seed, scenes, task_model.config, state)
+
+
+def train_agent_task(task: AgentTask) -> TrainedAgent:
+    """Train the agent of ``task`` (seeded by it alone: the same task gives the same agent on every backend)."""
+    seed_everything(task.seed)
+    task_model = GlimpseClassifier(task.task_config)
+    task_model.load_state_dict(task.task_state)
+    with torch_threads(1):
+        agent, log = train_agent(task.scenes, freeze(task_model), task.game, task.budget, seed=task.seed)
     buffer = io.BytesIO()
     agent.save(buffer)
-    return buffer.getvalue(), log
-
-
-def train_agents(
-    scenes: Canvases,
-    sensor: Sensor,
-    task_model: GlimpseClassifier,
-    budget: AgentBudget,
-    seeds: list[int],
-    *,
-    glimpses: int = 3,
-    observation_grid: int = 8,
-    progress: bool | None = None,
-) -> list[tuple[SAC, TrainingLog]]:
-    """One agent per seed: in this process one after another (``budget.workers == 1``), or in worker processes.
-
-    Each agent trains on one thread, so on a machine with several cores seeds are trained side by side. Workers
-    are started with "spawn" (a fresh interpreter, safe next to torch's threads); each gets the scenes and the
-    task model's weights, reports its progress over a queue to a bar per seed here, and sends back its agent as
-    stable-baselines3 zip bytes. The same seed gives the same agent either way.
-    """
-    common = {"scenes": scenes, "sensor": sensor, "budget": budget, "glimpses": glimpses}
-    common["observation_grid"] = observation_grid
-    if budget.workers == 1 or len(seeds) == 1:
-        return [train_agent(task_model=task_model, seed=seed, progress=progress, **common) for seed in seeds]
-    state = {name: tensor.cpu() for name, tensor in task_model.state_dict().items()}
-    jobs = [{**common, "seed": seed, "task_config": task_model.config, "task_state": state} for seed in seeds]
-    context = multiprocessing.get_context("spawn")
-    relay = context.Queue()
-    show = progress_enabled(progress)
-    bars = {seed: tqdm(total=budget.steps, desc=f"SAC seed {seed}", disable=not show) for seed in seeds}
-    workers = min(budget.workers, len(seeds))
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_open_relay, initargs=(relay,)) as pool:
-        futures = [pool.submit(_train_in_worker, job) for job in jobs]
-        while not all(future.done() for future in futures):
-            _drain(relay, bars, timeout=0.25)
-        results = [future.result() for future in futures]  # raises here if a worker failed
-    _drain(relay, bars, timeout=0)
-    for bar in bars.values():
-        bar.close()
-    return [(SAC.load(io.BytesIO(blob), device="cpu"), log) for blob, log in results]
-
-
-def _drain(relay, bars: dict, *, timeout: float) -> None:
-    """Apply every progress message waiting in ``relay`` to its seed's bar (waiting up to ``timeout`` for one)."""
-    try:
-        message = relay.get(timeout=timeout) if timeout else relay.get_nowait()
-        while True:
-            seed, method, value = message
-            if method == "update":
-                bars[seed].update(value)
-            else:
-                bars[seed].set_postfix(**value)
-            message = relay.get_nowait()
-    except queue.Empty:
-        pass
+    return TrainedAgent(task.game, task.seed, buffer.getvalue(), log)
 
 
 POLICY_SUFFIX = "_policy"
@@ -344,13 +269,3 @@ def load_agent(directory, name: str, *, expected: dict) -> tuple[SAC, dict] | No
         message = f"the agent saved at {path} cannot be loaded ({error!r}); delete or regenerate it"
         raise ValueError(message) from error
     return agent, info
-
-
-def metadata_for(scene_config, sensor: Sensor, glimpses: int, observation_grid: int) -> dict:
-    """What an agent's policy depends on, as plain JSON."""
-    return {
-        "scenes": asdict(scene_config),
-        "sensor": asdict(sensor),
-        "glimpses": glimpses,
-        "observation_grid": observation_grid,
-    }

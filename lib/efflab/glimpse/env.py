@@ -3,7 +3,7 @@
 One episode, after AdaGlimpse (arXiv 2404.03482, and the authors' ``architectures/rl_glimpse.py``):
 
 1. A cluttered canvas is drawn; nothing has been seen yet, and the task model's belief is its prior.
-2. For ``budget`` steps the agent picks an action ``a`` in ``[-1, 1]^3``; ``(a + 1) / 2 = (y, x, z)`` places a
+2. For ``glimpses`` steps the agent picks an action ``a`` in ``[-1, 1]^3``; ``(a + 1) / 2 = (y, x, z)`` places a
    glimpse (:class:`efflab.glimpse.sensor.Sensor`). The environment reads it, adds it to the memory and asks the
    frozen task model for its new belief.
 3. The reward is the improvement of the task model's score, ``r_t = score_t - score_{t-1}`` (the paper's
@@ -12,7 +12,13 @@ One episode, after AdaGlimpse (arXiv 2404.03482, and the authors' ``architecture
    paper's code uses the plain probability; the log gives larger rewards for lifting an unlikely truth.) The
    rewards of an episode add up to ``score_T - score_0``: maximising the return maximises how sure the model
    ends up of the truth.
-4. The episode ends after ``budget`` glimpses.
+4. The episode ends after ``glimpses`` glimpses.
+
+**The game** (:class:`Game`) is one frozen object: the scenes' layout, the sensor's reading size, the number of
+glimpses per episode, the observation grid, and optionally a *fixed scale*. With ``fixed_side`` set, the agent's
+scale number ``z`` is overwritten by the one that gives that side, so it chooses only where to look: the
+ablation behind the authors' ``--fixed-scale`` option, which separates what learning where to look buys from
+what choosing the scale adds.
 
 The paper exposes ``[0, 1]^3`` actions; we expose ``[-1, 1]^3`` and map inside, because SAC squashes actions with
 tanh and stable-baselines3 asks for a symmetric, normalised box.
@@ -24,14 +30,15 @@ and a one-hot of how many glimpses were taken. It does not read the task model's
 working when the task model is retrained. Like the paper's agent, it chooses the first glimpse from an empty
 memory: looking at the whole scene first is something it has to learn.
 
-Every episode of a batch advances in lock-step (all have the same budget), so :class:`Episodes` runs ``B`` of
-them with one sensor call and one task-model call per step. :class:`GlimpseEnv` is the one-episode gymnasium
-form, :class:`GlimpseVecEnv` the batched form that stable-baselines3 trains on.
+Every episode of a batch advances in lock-step (all take the same number of glimpses), so :class:`Episodes`
+runs ``B`` of them with one sensor call and one task-model call per step. :class:`GlimpseEnv` is the
+one-episode gymnasium form, :class:`GlimpseVecEnv` the batched form that stable-baselines3 trains on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 
 import gymnasium as gym
 import numpy as np
@@ -42,13 +49,78 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch import Tensor
 
 from efflab.data.canvas import Canvases
+from efflab.glimpse.scenes import SceneConfig
 from efflab.glimpse.sensor import Sensor
 from efflab.glimpse.task_model import GlimpseClassifier
 from efflab.validation import check_int, check_seed
 
 
-def check_budget(budget) -> None:
-    check_int("budget", budget, low=1, high=64)
+def check_glimpses(glimpses) -> None:
+    check_int("glimpses", glimpses, low=1, high=64)
+
+
+@dataclass(frozen=True)
+class Game:
+    """Everything an episode's rules depend on, in one frozen, JSON-describable object.
+
+    ``scenes`` lays out the canvases, ``glimpse_size`` is the side ``G`` of every reading, ``glimpses`` the
+    number of glimpses per episode, ``observation_grid`` the side of the pooled memory the agent observes, and
+    ``fixed_side`` (None: the agent chooses the scale) the side every glimpse of a fixed-scale agent has.
+    """
+
+    scenes: SceneConfig = field(default_factory=SceneConfig)
+    glimpse_size: int = 8
+    glimpses: int = 3
+    observation_grid: int = 8
+    fixed_side: int | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.scenes, SceneConfig):
+            raise ValueError(f"scenes={self.scenes!r} is not allowed; expected a SceneConfig")
+        check_glimpses(self.glimpses)
+        check_int("glimpse_size", self.glimpse_size, low=1, high=self.scenes.canvas_size)
+        check_int("observation_grid", self.observation_grid, low=1, high=self.scenes.canvas_size)
+        if self.fixed_side is not None:
+            check_int("fixed_side", self.fixed_side, low=self.glimpse_size, high=self.scenes.canvas_size)
+
+    @property
+    def sensor(self) -> Sensor:
+        return Sensor(canvas_size=self.scenes.canvas_size, glimpse_size=self.glimpse_size)
+
+    @property
+    def pixel_fraction(self) -> float:
+        """Share of the scene's pixels an episode reads: every glimpse costs G² whatever its scale."""
+        return self.glimpses * self.sensor.pixels_per_glimpse / self.scenes.canvas_size**2
+
+    def with_fixed_side(self, side: int | None) -> Game:
+        """The same game with the scale fixed to ``side`` (None: free again)."""
+        return replace(self, fixed_side=side)
+
+    def where(self, actions) -> Tensor:
+        """Glimpse coordinates (B, 3) for actions (B, 3) in [-1, 1]; with a fixed side, ``z`` is overwritten."""
+        where = where_from_actions(actions)
+        if self.fixed_side is not None:
+            box = torch.tensor([[0, 0, self.fixed_side]])
+            where[:, 2] = self.sensor.where_for(box)[0, 2]
+        return where
+
+    def metadata(self) -> dict:
+        """What a trained policy depends on, as plain JSON (saved beside a policy, checked when loading it)."""
+        return {
+            "scenes": asdict(self.scenes),
+            "sensor": asdict(self.sensor),
+            "glimpses": self.glimpses,
+            "observation_grid": self.observation_grid,
+            "fixed_side": self.fixed_side,
+        }
+
+    def check_scenes(self, scenes: Canvases) -> None:
+        size = self.scenes.canvas_size
+        if len(scenes) == 0 or scenes.x.shape[1:] != (1, size, size):
+            raise ValueError(
+                f"scenes with canvases of shape {tuple(scenes.x.shape)} are not allowed; expected (N >= 1, 1, "
+                f"{size}, {size}) to match the game"
+            )
 
 
 def where_from_actions(actions) -> Tensor:
@@ -70,32 +142,33 @@ def actions_from_where(where: Tensor) -> np.ndarray:
 
 
 class Episodes:
-    """``B`` glimpse episodes over ``canvases`` (B, 1, H, W) with ``labels`` (B,), advancing together.
+    """``B`` glimpse episodes of ``game`` over ``canvases`` (B, 1, H, W) with ``labels`` (B,), advancing together.
 
     ``positions`` (the digits' corners) are kept for scripted policies that cheat on purpose (the ideal baseline);
     the agent never sees them.
 
-    State: ``readings`` (B, budget, G, G) and ``boxes`` (B, budget, 3) of the glimpses taken so far (the first
-    ``step`` entries are filled), the memory canvas (B, 2, H, W), the task model's belief (B, 10) and score (B,).
+    State: ``readings`` (B, glimpses, G, G) and ``boxes`` (B, glimpses, 3) of the glimpses taken so far (the
+    first ``step`` entries are filled), the memory canvas (B, 2, H, W), the task model's belief (B, 10) and score
+    (B,).
     """
 
     def __init__(
         self,
         canvases: Tensor,
         labels: Tensor,
-        sensor: Sensor,
         task_model: GlimpseClassifier,
-        budget: int,
+        game: Game,
         *,
         positions: Tensor | None = None,
     ):
-        check_budget(budget)
+        if not isinstance(game, Game):
+            raise ValueError(f"game={game!r} is not allowed; expected a Game")
         self.canvases, self.labels, self.positions = canvases, labels, positions
-        self.sensor, self.task_model, self.budget = sensor, task_model, budget
-        n, size = len(canvases), sensor.glimpse_size
-        self.readings = torch.zeros(n, budget, size, size)
-        self.boxes = torch.zeros(n, budget, 3, dtype=torch.long)
-        self.memory = sensor.empty_memory(n)
+        self.game, self.sensor, self.task_model, self.glimpses = game, game.sensor, task_model, game.glimpses
+        n, size = len(canvases), game.glimpse_size
+        self.readings = torch.zeros(n, self.glimpses, size, size)
+        self.boxes = torch.zeros(n, self.glimpses, 3, dtype=torch.long)
+        self.memory = self.sensor.empty_memory(n)
         self.step = 0
         self.belief = self._belief()
         self.score = self._score(self.belief)
@@ -105,7 +178,7 @@ class Episodes:
 
     @property
     def done(self) -> bool:
-        return self.step == self.budget
+        return self.step == self.glimpses
 
     def _belief(self) -> Tensor:
         device = next(self.task_model.parameters()).device
@@ -122,7 +195,7 @@ class Episodes:
     def take(self, where: Tensor) -> Tensor:
         """Take one glimpse per episode at coordinates ``where`` (B, 3) in [0, 1]; return the rewards (B,)."""
         if self.done:
-            raise RuntimeError(f"the episodes are over: all {self.budget} glimpses were taken; start new ones")
+            raise RuntimeError(f"the episodes are over: all {self.glimpses} glimpses were taken; start new ones")
         boxes = self.sensor.boxes(where)
         readings = self.sensor.read(self.canvases, boxes)
         self.readings[:, self.step] = readings
@@ -134,15 +207,20 @@ class Episodes:
         reward, self.score = score - self.score, score
         return reward
 
-    def observation(self, grid: int) -> np.ndarray:
-        """What the agent sees: the memory pooled to ``grid`` x ``grid`` (2 channels) and a one-hot step count."""
-        pooled = F.adaptive_avg_pool2d(self.memory, grid).flatten(1)
-        step = F.one_hot(torch.full((len(self),), self.step), self.budget + 1).float()
+    def act(self, actions) -> Tensor:
+        """One glimpse per episode for actions (B, 3) in [-1, 1] under the game's rules; return the rewards."""
+        return self.take(self.game.where(actions))
+
+    def observation(self) -> np.ndarray:
+        """What the agent sees: the memory pooled to the game's observation grid (2 channels) and a one-hot step
+        count."""
+        pooled = F.adaptive_avg_pool2d(self.memory, self.game.observation_grid).flatten(1)
+        step = F.one_hot(torch.full((len(self),), self.step), self.glimpses + 1).float()
         return torch.cat([pooled, step], dim=1).clamp(0, 1).numpy().astype(np.float32)
 
 
-def observation_space(grid: int, budget: int) -> spaces.Box:
-    return spaces.Box(0.0, 1.0, shape=(2 * grid * grid + budget + 1,), dtype=np.float32)
+def observation_space(grid: int, glimpses: int) -> spaces.Box:
+    return spaces.Box(0.0, 1.0, shape=(2 * grid * grid + glimpses + 1,), dtype=np.float32)
 
 
 def action_space() -> spaces.Box:
@@ -150,19 +228,8 @@ def action_space() -> spaces.Box:
     return spaces.Box(-1.0, 1.0, shape=(3,), dtype=np.float32)
 
 
-def _check_game(scenes: Canvases, sensor: Sensor, budget, observation_grid) -> None:
-    """The settings both environments share: a budget, an observation grid, and scenes that fit the sensor."""
-    check_budget(budget)
-    check_int("observation_grid", observation_grid, low=1, high=sensor.canvas_size)
-    if len(scenes) == 0 or scenes.x.shape[1:] != (1, sensor.canvas_size, sensor.canvas_size):
-        raise ValueError(
-            f"scenes with canvases of shape {tuple(scenes.x.shape)} are not allowed; expected (N >= 1, 1, "
-            f"{sensor.canvas_size}, {sensor.canvas_size}) to match the sensor"
-        )
-
-
 class GlimpseEnv(gym.Env):
-    """One glimpse episode at a time over a pool of ``scenes`` (a gymnasium environment).
+    """One glimpse episode of ``game`` at a time over a pool of ``scenes`` (a gymnasium environment).
 
     ``reset(seed=..., options={"index": i})`` starts on scene ``i``; without an index the scene is drawn with the
     environment's seeded generator. ``info`` carries the glimpse box, the belief and the score.
@@ -170,19 +237,12 @@ class GlimpseEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(
-        self,
-        scenes: Canvases,
-        sensor: Sensor,
-        task_model: GlimpseClassifier,
-        *,
-        budget: int = 3,
-        observation_grid: int = 8,
-    ):
-        _check_game(scenes, sensor, budget, observation_grid)
-        self.scenes, self.sensor, self.task_model = scenes, sensor, task_model
-        self.budget, self.observation_grid = budget, observation_grid
-        self.observation_space = observation_space(observation_grid, budget)
+    def __init__(self, scenes: Canvases, task_model: GlimpseClassifier, game: Game):
+        if not isinstance(game, Game):
+            raise ValueError(f"game={game!r} is not allowed; expected a Game")
+        game.check_scenes(scenes)
+        self.scenes, self.task_model, self.game = scenes, task_model, game
+        self.observation_space = observation_space(game.observation_grid, game.glimpses)
         self.action_space = action_space()
         self.episodes: Episodes | None = None
 
@@ -198,55 +258,43 @@ class GlimpseEnv(gym.Env):
             index = int(self.np_random.integers(len(self.scenes)))
         check_int("index", index, low=0, high=len(self.scenes) - 1)
         chosen = slice(index, index + 1)
-        self.episodes = Episodes(
-            self.scenes.x[chosen], self.scenes.y[chosen], self.sensor, self.task_model, self.budget
-        )
-        return self.episodes.observation(self.observation_grid)[0], self._info()
+        self.episodes = Episodes(self.scenes.x[chosen], self.scenes.y[chosen], self.task_model, self.game)
+        return self.episodes.observation()[0], self._info()
 
     def step(self, action):
         if self.episodes is None:
             raise RuntimeError("call reset() before step()")
-        where = where_from_actions(np.asarray(action, dtype=np.float64).reshape(1, -1))
-        reward = float(self.episodes.take(where)[0])
-        observation = self.episodes.observation(self.observation_grid)[0]
-        return observation, reward, self.episodes.done, False, self._info()
+        reward = float(self.episodes.act(np.asarray(action, dtype=np.float64).reshape(1, -1))[0])
+        return self.episodes.observation()[0], reward, self.episodes.done, False, self._info()
 
 
 class GlimpseVecEnv(VecEnv):
-    """``n_envs`` glimpse episodes stepped as one batch, for stable-baselines3.
+    """``n_envs`` glimpse episodes of ``game`` stepped as one batch, for stable-baselines3.
 
-    All episodes end together (fixed budget); they are then restarted on fresh scenes, and, as stable-baselines3
-    expects, each finished episode's last observation is passed in ``info["terminal_observation"]``.
+    All episodes end together (a fixed number of glimpses); they are then restarted on fresh scenes, and, as
+    stable-baselines3 expects, each finished episode's last observation is passed in
+    ``info["terminal_observation"]``.
     """
 
     def __init__(
-        self,
-        scenes: Canvases,
-        sensor: Sensor,
-        task_model: GlimpseClassifier,
-        *,
-        n_envs: int = 16,
-        budget: int = 3,
-        observation_grid: int = 8,
-        seed: int = 0,
+        self, scenes: Canvases, task_model: GlimpseClassifier, game: Game, *, n_envs: int = 16, seed: int = 0
     ):
         check_int("n_envs", n_envs, low=1)
         check_seed(seed)
-        _check_game(scenes, sensor, budget, observation_grid)
-        self.scenes, self.sensor, self.task_model = scenes, sensor, task_model
-        self.budget, self.observation_grid = budget, observation_grid
+        if not isinstance(game, Game):
+            raise ValueError(f"game={game!r} is not allowed; expected a Game")
+        game.check_scenes(scenes)
+        self.scenes, self.task_model, self.game = scenes, task_model, game
         self.render_mode = None
         self.generator = torch.Generator().manual_seed(seed)
         self.episodes: Episodes | None = None
         self._actions: np.ndarray | None = None
-        super().__init__(n_envs, observation_space(observation_grid, budget), action_space())
+        super().__init__(n_envs, observation_space(game.observation_grid, game.glimpses), action_space())
 
     def _start(self) -> np.ndarray:
         chosen = torch.randint(0, len(self.scenes), (self.num_envs,), generator=self.generator)
-        self.episodes = Episodes(
-            self.scenes.x[chosen], self.scenes.y[chosen], self.sensor, self.task_model, self.budget
-        )
-        return self.episodes.observation(self.observation_grid)
+        self.episodes = Episodes(self.scenes.x[chosen], self.scenes.y[chosen], self.task_model, self.game)
+        return self.episodes.observation()
 
     def reset(self) -> np.ndarray:
         if self._seeds[0] is not None:
@@ -261,8 +309,8 @@ class GlimpseVecEnv(VecEnv):
     def step_wait(self):
         if self.episodes is None:
             raise RuntimeError("call reset() before step()")
-        rewards = self.episodes.take(where_from_actions(self._actions)).numpy().astype(np.float32)
-        observations = self.episodes.observation(self.observation_grid)
+        rewards = self.episodes.act(self._actions).numpy().astype(np.float32)
+        observations = self.episodes.observation()
         dones = np.full(self.num_envs, self.episodes.done)
         infos = [{} for _ in range(self.num_envs)]
         if self.episodes.done:

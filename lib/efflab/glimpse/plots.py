@@ -11,7 +11,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from efflab.ui.plots import PALETTE, TEMPLATE, band_plot
+from efflab.ui.plots import PALETTE, TEMPLATE, band_plot, comparison_bars
 
 STEP_COLOURS = ("#e45756", "#f58518", "#54a24b", "#4c78a8", "#b279a2", "#9d755d", "#72b7b2", "#eeca3b")
 
@@ -25,13 +25,11 @@ def _box_shapes(boxes: Sequence[Sequence[int]], *, xref: str = "x", yref: str = 
     shapes = []
     for step, (top, left, side) in enumerate(boxes):
         colour = STEP_COLOURS[step % len(STEP_COLOURS)]
+        label = dict(text=str(step + 1), textposition="top left", font=dict(color=colour, size=14))
+        edges = dict(x0=left - 0.5, x1=left + side - 0.5, y0=top - 0.5, y1=top + side - 0.5)
         shapes.append(
-            dict(
-                type="rect", xref=xref, yref=yref, line=dict(color=colour, width=3),
-                x0=left - 0.5, x1=left + side - 0.5, y0=top - 0.5, y1=top + side - 0.5,
-                label=dict(text=str(step + 1), textposition="top left", font=dict(color=colour, size=14)),
-            )
-        )  # fmt: skip
+            dict(type="rect", xref=xref, yref=yref, line=dict(color=colour, width=3), label=label, **edges)
+        )
     return shapes
 
 
@@ -121,12 +119,10 @@ def side_by_step(sides: Mapping[str, np.ndarray], canvas_size: int, *, title: st
     for index, (name, values) in enumerate(sides.items()):
         values = np.asarray(values)
         steps = np.broadcast_to(np.arange(1, values.shape[1] + 1), values.shape)
+        colour = PALETTE[index % len(PALETTE)]
         figure.add_trace(
-            go.Box(
-                x=steps.ravel(), y=values.ravel(), name=name, marker_color=PALETTE[index % len(PALETTE)],
-                boxpoints=False,
-            )
-        )  # fmt: skip
+            go.Box(x=steps.ravel(), y=values.ravel(), name=name, marker_color=colour, boxpoints=False)
+        )
     figure.add_hline(y=canvas_size, line_dash="dot", line_color="gray", annotation_text="whole scene")
     figure.update_layout(
         title=title, template=TEMPLATE, height=380, boxmode="group", xaxis_title="glimpse", yaxis_title="side (px)"
@@ -146,3 +142,51 @@ def logged_episode(log, scenes, sensor, *, index: int, glimpses: int, name: str)
     verdict = "right" if guess == label else "wrong"
     title = f"{name}: after {glimpses} glimpse(s) the model says {guess} ({verdict}; it is a {label})"
     return episode_step(scenes.x[index, 0].numpy(), memory.numpy(), boxes[0].tolist(), belief, label, title=title)
+
+
+def playground(result, *, scenes: int = 40):
+    """The notebook's playground over a :class:`~efflab.glimpse.experiment.GlimpseResult`: pick a policy, a
+    held-out scene and a number of glimpses.
+
+    Two panels answer every control from the episodes already played: the episode itself (boxes, memory,
+    belief; the policy's first seed) and every policy's held-out accuracy after that many glimpses, the chosen
+    policy highlighted. The status line says what the task model concluded and how often that policy is right.
+    """
+    from efflab.glimpse.experiment import accuracy_curves
+    from efflab.ui.widgets import dropdown, slider
+    from efflab.ui.widgets import playground as make_playground
+
+    logs, test = result.logs, result.test_scenes
+    glimpses = result.game.glimpses
+    curves = accuracy_curves(logs)
+    default = next((name for name in logs if name.startswith("SAC")), next(iter(logs)))
+
+    def render(policy, glimpses_taken, scene):
+        episode = logged_episode(
+            logs[policy][0], test, result.game.sensor, index=scene, glimpses=glimpses_taken, name=policy
+        )
+        means = {name: float(curve[:, glimpses_taken].mean()) for name, curve in curves.items()}
+        halves = {name: float(np.ptp(curve[:, glimpses_taken]) / 2) for name, curve in curves.items()}
+        bars = comparison_bars(
+            means,
+            errors=halves,
+            title=f"held-out accuracy after {glimpses_taken} glimpse(s) (error bar: half the range over seeds)",
+            y_title="accuracy",
+        )
+        bars.data[0].marker.line = dict(width=[4 if name == policy else 0 for name in means], color="black")
+        bars.update_yaxes(range=[0, 1])
+        belief = logs[policy][0].beliefs[scene, glimpses_taken]
+        guess, label = int(belief.argmax()), int(test.y[scene])
+        status = (
+            f"{policy}, scene {scene} (a {label}): after {glimpses_taken} of {glimpses} glimpse(s) the task model "
+            f"says {guess} with probability {float(belief.max()):.2f}; over all {len(test)} held-out scenes this "
+            f"policy is right {means[policy]:.1%} of the time at this step."
+        )
+        return [episode, bars], status
+
+    return make_playground(
+        render,
+        policy=dropdown("policy", list(logs), value=default),
+        glimpses_taken=slider("glimpses", list(range(glimpses + 1)), value=glimpses),
+        scene=slider("held-out scene", list(range(min(scenes, len(test))))),
+    )

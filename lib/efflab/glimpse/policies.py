@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from efflab.data.canvas import Canvases
-from efflab.glimpse.env import Episodes, actions_from_where, check_budget, where_from_actions
+from efflab.glimpse.env import Episodes, Game, actions_from_where
 from efflab.glimpse.sensor import Sensor
 from efflab.glimpse.task_model import GlimpseClassifier, ideal_boxes
 from efflab.validation import check_seed
@@ -96,11 +96,11 @@ def ideal_policy() -> Policy:
     return scripted(boxes)
 
 
-def agent_policy(agent: BaseAlgorithm, observation_grid: int) -> Policy:
+def agent_policy(agent: BaseAlgorithm) -> Policy:
     """The agent's deterministic action (the mean of its Gaussian, squashed), as the authors' code evaluates."""
 
     def policy(episodes: Episodes) -> np.ndarray:
-        actions, _ = agent.predict(episodes.observation(observation_grid), deterministic=True)
+        actions, _ = agent.predict(episodes.observation(), deterministic=True)
         return actions
 
     return policy
@@ -133,25 +133,20 @@ class EpisodeLog:
 
 
 def play(
-    policy: Policy,
-    scenes: Canvases,
-    sensor: Sensor,
-    task_model: GlimpseClassifier,
-    budget: int,
-    *,
-    chunk: int = 4096,
+    policy: Policy, scenes: Canvases, task_model: GlimpseClassifier, game: Game, *, chunk: int = 4096
 ) -> EpisodeLog:
-    """Run ``policy`` for ``budget`` glimpses on every scene (in chunks of episodes played side by side)."""
-    check_budget(budget)
+    """Run ``policy`` for ``game.glimpses`` glimpses on every scene (in chunks of episodes played side by side),
+    under the game's rules (a fixed-scale game overrides the policy's scale)."""
+    if not isinstance(game, Game):
+        raise ValueError(f"game={game!r} is not allowed; expected a Game")
+    game.check_scenes(scenes)
     logs = []
     for start in range(0, len(scenes), chunk):
         part = slice(start, start + chunk)
-        episodes = Episodes(
-            scenes.x[part], scenes.y[part], sensor, task_model, budget, positions=scenes.positions[part]
-        )
+        episodes = Episodes(scenes.x[part], scenes.y[part], task_model, game, positions=scenes.positions[part])
         beliefs = [episodes.belief]
         while not episodes.done:
-            episodes.take(where_from_actions(policy(episodes)))
+            episodes.act(policy(episodes))
             beliefs.append(episodes.belief)
         logs.append((episodes.boxes, torch.stack(beliefs, dim=1)))
     return EpisodeLog(

@@ -177,10 +177,10 @@ class TaskModelBudget:
 
     @classmethod
     def quick(cls) -> TaskModelBudget:
-        """About 30 s on two cores. The agent can only be as good as the rewards this model gives: trained on an
-        eighth of these glimpses (800 steps of 64), the same SAC budget reached 0.50 held-out accuracy instead
-        of 0.69, and the whole-scene view told the model far less."""
-        return cls(steps=3200, batch_size=128, glimpses=3)
+        """1,600 steps of 128 episodes at a higher learning rate: about 15 s on an idle core. The agent can only
+        be as good as the rewards this model gives: trained on an eighth of twice these glimpses (800 steps of
+        64), the same SAC budget reached 0.50 held-out accuracy instead of 0.69."""
+        return cls(steps=1600, batch_size=128, glimpses=3, lr=4e-3)
 
     @classmethod
     def full(cls) -> TaskModelBudget:
