@@ -412,7 +412,7 @@ class PruningResult:
     ):
         """Prune the dense model of ``seed`` along one configuration, live (for the playground's button).
 
-        The same function as the sweep's tasks, so the same seed gives the same numbers.
+        The same function, thread count and seeding as the sweep's tasks, so the same seed gives the same numbers.
         """
         self.dense_model(seed)  # checks the seed
         check_choice("granularity", granularity, GRANULARITIES)
@@ -422,7 +422,9 @@ class PruningResult:
         if patience is not None:
             check_patience(patience)
         task = self._task(seed, dict(granularity=granularity, criterion=criterion, regime=regime, ratio=ratio))
-        return _prune(task, load_digits(seed), epochs=task.epochs, patience=patience, on_epoch=on_epoch)
+        with torch_threads(1):  # as every task runs: one thread, seeded from the task
+            seed_everything(task.seed)
+            return _prune(task, load_digits(seed), epochs=task.epochs, patience=patience, on_epoch=on_epoch)
 
     def expected_epochs(self, patience: int | None) -> float:
         """The most epochs a run may spend: the budget, or the patience cap (for a progress bar)."""

@@ -289,8 +289,8 @@ class StudyResult:
     seeds: list[int]
     dense: pd.DataFrame  # seed, val_accuracy, test_accuracy, parameters
     tables: dict[tuple[int, str], CoalitionTable]  # the exact game of each (seed, layer)
-    estimates: pd.DataFrame  # seed, layer, players, family, setting, draw, evaluations, kendall, agreement, ...
-    agreement: pd.DataFrame  # seed, layer, family, size, agreement, baseline (matched budgets)
+    estimates: pd.DataFrame  # seed, layer, family, setting, draw, evaluations, oracle, kendall, removal, adding
+    agreement: pd.DataFrame  # seed, layer, family, direction, size, agreement, baseline (matched budgets)
     removal: pd.DataFrame  # seed, layer, ranking, removed, stage, test_accuracy
     network: pd.DataFrame  # seed, method, stage, test_accuracy, parameters, flops, evaluations
     seconds: dict[str, float] = field(default_factory=dict)
