@@ -518,7 +518,7 @@ def _fit_sentence(kind: str, fits: dict, paper: dict) -> str:
     flagged = fits["at_bounds"]
     warning = (
         f" **The fit is degenerate:** {', '.join(flagged)} sat at the edge of the allowed range, so the box, "
-        "not the data, set them; read the other coefficients with that in mind."
+        f"not the data, set {'it' if len(flagged) == 1 else 'them'}; read the rest with that in mind."
         if flagged
         else ""
     )
