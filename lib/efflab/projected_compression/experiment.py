@@ -20,6 +20,7 @@ Every independent training goes through :func:`efflab.parallel.run_all`.
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -67,7 +68,7 @@ class CompressionBudget(Budget):
     projection_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
     weight_decay: float = 0.1
     calibration_batches: int = 8
-    eval_batches: int = 4
+    eval_batches: int = 2
     eval_batch_size: int = 16
     evals_per_run: int = 4
     encoder: EncoderBudget = field(default_factory=EncoderBudget.quick)
@@ -172,6 +173,7 @@ class PretrainTask:
     seed: int
     eval_batches: int
     eval_batch_size: int
+    device: str = "cpu"
 
 
 def _evaluate(corpus, task) -> callable:
@@ -181,9 +183,10 @@ def _evaluate(corpus, task) -> callable:
 
 
 def _train_base(task: PretrainTask) -> dict:
+    started = time.process_time()
     seed_everything(task.seed)
     corpus = load_corpus(task.corpus_bytes)
-    model = TinyLM(task.config)
+    model = TinyLM(task.config).to(task.device)
     generator = torch.Generator().manual_seed(task.seed)
     config = TrainConfig(
         steps=task.steps, lr=task.lr, warmup_steps=min(50, task.steps // 10), eval_every=max(1, task.steps // 4)
@@ -197,9 +200,10 @@ def _train_base(task: PretrainTask) -> dict:
 
         history = fit(model, batches, config, evaluate=evaluate, progress=False)
     return {
-        "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "val_loss": torch.tensor(history["val_loss"].dropna().to_numpy()),
         "val_step": torch.tensor(history.loc[history["val_loss"].notna(), "step"].to_numpy()),
+        "cpu_seconds": torch.tensor(time.process_time() - started),
     }
 
 
@@ -231,6 +235,7 @@ class CompressionTask:
     eval_batch_size: int
     evals_per_run: int
     keep_projection: bool = False
+    device: str = "cpu"
 
 
 def _selection(lists: dict) -> Selection:
@@ -247,8 +252,9 @@ def build_model(task: CompressionTask):
     check_choice("method", task.method, TRAINED)
     base = TinyLM(task.config)
     base.load_state_dict(task.base_state)
+    base.to(task.device)
     if task.method == "from scratch":
-        return TinyLM(task.target.config_for(task.config))
+        return TinyLM(task.target.config_for(task.config)).to(task.device)
     selection = _selection(task.selection)
     if task.method == "pruned + retrain":
         return hard_prune(base, selection, task.target)
@@ -260,6 +266,7 @@ def train_compressed(task: CompressionTask, report=None) -> dict:
 
     ``report(fraction, message)``, when given, is called at every evaluation (the playground's button).
     """
+    started = time.process_time()
     seed_everything(task.seed)
     corpus = load_corpus(task.corpus_bytes)
     model = build_model(task)
@@ -311,11 +318,13 @@ def train_compressed(task: CompressionTask, report=None) -> dict:
         merged = merge(model)
         x, _ = corpus.get_batch("val", 4, task.config.block_size, generator=torch.Generator().manual_seed(7))
         with torch.no_grad():
+            x = x.to(task.device)
             outcome["merge_error"] = float((merged(x) - model(x)).abs().max())
         outcome["merged_parameters"] = sum(p.numel() for p in merged.parameters())
         if task.keep_projection:
             up = model.matrices["blocks__0__ffn__up__weight"][0]
-            outcome["p_in"] = up.p_in.detach().clone()
+            outcome["p_in"] = up.p_in.detach().cpu().clone()
+    outcome["cpu_seconds"] = time.process_time() - started
     return outcome
 
 
@@ -340,6 +349,7 @@ class CompressionResult:
     merge_error: float
     parameter_match: bool
     encoder: EncoderResult | None
+    task_cpu_seconds: float = 0.0  # processor time spent inside the independent tasks (their sum)
 
     def final_losses(self, quality: str, keep: float, method: str, steps: int, importance="activation"):
         rows = self.runs[
@@ -400,11 +410,21 @@ def run_experiment(run: Run, budget: CompressionBudget) -> CompressionResult:
     if not isinstance(budget, CompressionBudget):
         raise ValueError(f"budget={budget!r} is not allowed; expected a CompressionBudget")
     config = budget.config
+    device = run.device.type
     corpus = load_corpus(budget.corpus_bytes)
     seeds = seeds_for(run.seed, budget.seeds)
     common = dict(eval_batches=budget.eval_batches, eval_batch_size=budget.eval_batch_size)
     pretrain_tasks = [
-        PretrainTask(config, steps, budget.pretrain_lr, budget.batch_size, budget.corpus_bytes, run.seed, **common)
+        PretrainTask(
+            config,
+            steps,
+            budget.pretrain_lr,
+            budget.batch_size,
+            budget.corpus_bytes,
+            run.seed,
+            **common,
+            device=device,
+        )
         for steps in budget.pretrain_steps
     ]
     pretrained = run_all(pretrain_base, pretrain_tasks, description="pretrain bases")
@@ -447,6 +467,7 @@ def run_experiment(run: Run, budget: CompressionBudget) -> CompressionResult:
             weight_decay=budget.weight_decay,
             evals_per_run=budget.evals_per_run,
             keep_projection=keep_projection,
+            device=device,
             **common,
         )
 
@@ -549,6 +570,9 @@ def run_experiment(run: Run, budget: CompressionBudget) -> CompressionResult:
         per_token = cost.model_flops_per_step(target.config_for(config), 1) / budget.block_size
         flops_curve[keep] = (token_grid.tolist(), (projection / (per_token * token_grid)).tolist())
     encoder = run_encoder_study(run, budget.encoder) if budget.encoder.enabled else None
+    task_cpu = sum(float(o["cpu_seconds"]) for o in [*pretrained, *search_out, *outcomes])
+    if encoder is not None:
+        task_cpu += sum(o["cpu_seconds"] for runs in encoder.runs.values() for o in runs)
     return CompressionResult(
         budget=budget,
         base_curves=base_curves,
@@ -564,6 +588,7 @@ def run_experiment(run: Run, budget: CompressionBudget) -> CompressionResult:
         merge_error=max(merge_errors) if merge_errors else float("nan"),
         parameter_match=bool(parameter_match),
         encoder=encoder,
+        task_cpu_seconds=task_cpu,
     )
 
 

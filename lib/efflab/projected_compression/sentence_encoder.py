@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import time
 from dataclasses import dataclass
 
 import torch
@@ -45,7 +46,7 @@ class EncoderBudget:
     enabled: bool = True
     layers: tuple[int, ...] = (5,)
     keep_ffn: float = 0.25
-    train_sentences: int = 96
+    train_sentences: int = 64
     heldout_sentences: int = 64
     max_length: int = 24
     steps: int = 30
@@ -212,6 +213,7 @@ class EncoderTask:
     seed: int
     budget: EncoderBudget
     data: dict
+    device: str = "cpu"
 
 
 def _top_model(data: dict, budget: EncoderBudget) -> EncoderTop:
@@ -267,9 +269,14 @@ def score(top: EncoderTop, split: dict) -> dict:
 
 def train_encoder(task: EncoderTask) -> dict:
     """Distil one compressed top for ``budget.steps`` steps; held-out scores and the merge check."""
+    started = time.process_time()
     seed_everything(task.seed)
-    budget, data = task.budget, task.data
-    top = compressed_top(data, budget, task.method)
+    budget = task.budget
+    data = {
+        k: ({n: t.to(task.device) for n, t in v.items()} if k in ("train", "heldout") else v)
+        for k, v in task.data.items()
+    }
+    top = compressed_top(data, budget, task.method).to(task.device)
     lr = budget.projection_lr if task.method == "projected compression" else budget.retrain_lr
     parameters = [p for p in top.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
@@ -280,14 +287,14 @@ def train_encoder(task: EncoderTask) -> dict:
     with task_progress(budget.steps, f"MiniLM {task.method}") as bar:
         for _ in range(budget.steps):
             top.train()
-            rows = torch.randint(0, count, (budget.batch_size,), generator=generator)
+            rows = torch.randint(0, count, (budget.batch_size,), generator=generator).to(task.device)
             student = top(train["states"][rows], train["mask"][rows])
             loss = 1.0 - (student * train["teacher"][rows]).sum(-1).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(parameters, 1.0)
             optimizer.step()
-            curve.append(float(loss))
+            curve.append(loss.item())
             bar.update()
     outcome = {"train_loss": curve, **score(top, data["heldout"])}
     if task.method == "projected compression":
@@ -299,6 +306,7 @@ def train_encoder(task: EncoderTask) -> dict:
             layer.ffn = merge_ffn(layer.ffn)
         with torch.no_grad():
             outcome["merge_error"] = float((top(heldout["states"], heldout["mask"]) - before).abs().max())
+    outcome["cpu_seconds"] = time.process_time() - started
     return outcome
 
 
@@ -333,7 +341,7 @@ def run_encoder_study(run: Run, budget: EncoderBudget) -> EncoderResult:
     with torch.no_grad():
         data = prepared_data(budget)
     seeds = [run.seed + i for i in range(budget.seeds)]
-    tasks = [EncoderTask(m, s, budget, data) for m in METHODS for s in seeds]
+    tasks = [EncoderTask(m, s, budget, data, run.device.type) for m in METHODS for s in seeds]
     outcomes = run_all(train_encoder, tasks, description="MiniLM distillation")
     runs = {m: [o for t, o in zip(tasks, outcomes, strict=True) if t.method == m] for m in METHODS}
     no_retrain = score(compressed_top(data, budget, "pruned, no retrain"), data["heldout"])
