@@ -157,3 +157,12 @@ def test_playground_presets_sliders_and_button(result):
     assert playground.actions_run == 1
     assert "speed-up" in playground.status.value
     assert any(trace.name == "your run" for trace in playground.last[1].data)
+
+
+def test_a_live_run_of_the_uniform_settings_reproduces_the_stored_run(result):
+    from efflab.relative_lr.experiment import live_run
+
+    stored = result.runs[("dense", "uniform", result.seeds[0])]
+    again = live_run(result, "dense", {}, result.base_lr["dense"])
+    assert again["val_loss"] == stored["val_loss"]
+    assert again["speedup"] == 0.0

@@ -36,7 +36,7 @@ from efflab.relative_lr.groups import GROUPS, OTHER, group_sizes, partition
 from efflab.relative_lr.measures import UpdateTracker, speedup_percent
 from efflab.relative_lr.schedule import RelativeSchedule, paper_preset, relative_schedule
 from efflab.relative_lr.search import LocalSearch, schedule_at, schedule_knobs, schedule_point, within_domain
-from efflab.runtime import Run, Timer, seed_everything
+from efflab.runtime import Run, Timer, seed_everything, torch_threads
 from efflab.train import cross_entropy, fit, language_model_loss
 from efflab.validation import check_choice, check_int, check_positive
 
@@ -645,7 +645,8 @@ def live_run(result: Result, architecture: str, multipliers: dict, base_lr: floa
         if report is not None:
             report(step / total, f"step {step}/{total}: validation loss {loss:.3f}")
 
-    outcome = train_task(task, on_eval=on_eval)
+    with torch_threads(1):  # as a run_all task runs, so the same settings reproduce a stored run
+        outcome = train_task(task, on_eval=on_eval)
     outcome["schedule"] = schedule
     outcome["speedup"] = speedup(outcome, result.runs[(architecture, "uniform", result.seeds[0])], schedule.steps)
     return outcome
