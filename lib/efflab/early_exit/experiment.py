@@ -897,11 +897,11 @@ def findings(summary: dict) -> str:
     )
     timing = _timing_row(summary)
     if timing is not None:
-        faster = timing["time_ratio"] < 1
+        saving = 1 - timing["time_ratio"]
         lines.append(
             f"- **Real early exits** (mixed, t = 0.9): {100 * timing['flop_ratio']:.0f} % of the backbone's FLOPs "
             f"took {100 * timing['time_ratio']:.0f} % of its time, "
-            + ("a real saving." if faster else "no saving at all on this machine.")
+            + (f"saving {100 * saving:.0f} % of the time." if saving > 0 else "no saving at all on this machine.")
         )
     dims, samples = summary["block_dimensions"], summary["rank_samples"]
     capped = [i + 1 for i, d in enumerate(dims) if d >= samples]
