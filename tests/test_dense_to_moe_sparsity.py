@@ -33,13 +33,13 @@ def test_penalty_ramps():
 def test_hoyer_finetune_lowers_the_nonzero_fraction_against_zero_penalty():
     digits = load_digits(0)
     torch.manual_seed(0)
-    base = ViT(ViTConfig(d_model=16, n_layers=2, n_heads=2, d_ff=32))
+    base = ViT(ViTConfig(d_model=8, n_layers=1, n_heads=2, d_ff=32))
     zeros = {}
     for weight in (0.0, 0.1):
         model = copy.deepcopy(base)
         torch.manual_seed(1)
         sparsity_finetune(
-            model, infinite_batches(digits.train, 64, seed=3), weight, TrainConfig(steps=40, lr=3e-3)
+            model, infinite_batches(digits.train, 32, seed=3), weight, TrainConfig(steps=15, lr=3e-3)
         )
         zeros[weight] = sum(zero_fraction(model, lambda m=model: m(digits.val.x)))
     assert zeros[0.1] > zeros[0.0]
