@@ -366,6 +366,8 @@ def _estimate_rows(study, payoff, seed, layer, model, table: CoalitionTable) -> 
     sizes = list(range(1, min(study.oracle_sizes, players - 1) + 1))
     exact = exact_shapley(game)
     reference = oracle_rank(table, payoff=payoff)
+    removing = oracle_sets(table, sizes, payoff=payoff, direction="removing")  # searched once per table
+    adding = oracle_sets(table, sizes, payoff=payoff, direction="adding")
     baseline = float(random_agreement(players, sizes).mean())
     rows, matched = [], {}
     # One row per estimate; a budget "setting" is K, M or m, and None for the families without one.
@@ -382,7 +384,9 @@ def _estimate_rows(study, payoff, seed, layer, model, table: CoalitionTable) -> 
                     truncation=study.truncation,
                 )
                 is_matched = setting == study.matched_setting(family, players)
-                accuracy = oracle_accuracy(result.ranking, table, sizes=sizes, payoff=payoff)
+                accuracy = oracle_accuracy(
+                    result.ranking, table, sizes=sizes, payoff=payoff, sets=(removing, adding)
+                )
                 rows.append(
                     {
                         "seed": seed,
