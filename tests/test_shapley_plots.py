@@ -104,6 +104,8 @@ def test_playground_answers_every_control_and_says_what_it_shows(result):
     view.controls["budget"].value = 65536  # past the largest precomputed setting, M = 3
     assert view.status.value.startswith("permutations (M=3)")
     assert "past the largest precomputed setting" in view.status.value
+    shown = view.status.value.split(" evaluations")[0].rsplit(" ", 1)[-1]  # the cost of what is shown ...
+    assert f"(permutations (M=3), {shown} evaluations)" in view.status.value  # ... is the one the note names
     view.controls["budget"].value = 0
     assert "below the cheapest precomputed setting" in view.status.value
     view.controls["estimator"].value = "L1 norm"

@@ -327,6 +327,7 @@ def playground_view(result, layer: str, estimator: str, budget: int) -> tuple[go
         & (result.estimates.family == estimator)
         & (result.estimates.seed == seed)
     ]
+    rows = rows[rows["draw"] == 0]  # the sampling draw the playground shows (as ``pick`` does)
     row = result.pick(layer, estimator, budget=budget, seed=seed)
     costs = sorted(set(rows.evaluations))
     if costs == [0]:
