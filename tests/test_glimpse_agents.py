@@ -4,8 +4,6 @@ import torch
 from torch import nn
 
 from efflab import results
-from efflab.data.canvas import Canvases
-from efflab.data.digits import load_digit_images, split_indices
 from efflab.glimpse import agents, policies
 from efflab.glimpse.env import Game, observation_space
 from efflab.glimpse.experiment import GlimpseBudget
@@ -66,36 +64,6 @@ def test_a_short_sac_run_beats_random_glimpses_on_held_out_scenes():
     # sqrt(2 * 0.25 / n) (about 0.026 for n = 728). A mean gain of three standard errors is not luck; measured
     # gains are about 0.2 (whole-scene glimpse 0.57 against random boxes 0.35) for every seed tried (0 to 7).
     assert np.mean(gains) > 3 * np.sqrt(0.5 / len(test))
-
-
-def centred_digits(split: str) -> Canvases:
-    """Every digit of ``split`` at the centre of a 16 px canvas: where to zoom is known, how wide is not."""
-    images, labels = load_digit_images()
-    chosen = split_indices(labels, seed=0)[split]
-    x = torch.zeros(len(chosen), 1, 16, 16)
-    x[:, 0, 4:12, 4:12] = torch.as_tensor(images[chosen])
-    positions = torch.full((len(chosen), 2), 4)
-    return Canvases(x=x, y=torch.as_tensor(labels[chosen]), positions=positions)
-
-
-def test_a_short_sac_run_learns_a_second_zoomed_glimpse_that_pays():
-    """Two glimpses of 4 x 4 pixels on 16 px canvases: the whole scene, even seen twice, shrinks the digit four
-    times, while a box of 8 px on it reads it at half resolution. Only an agent whose glimpses zoom in beats the
-    coarse view; the one-glimpse test above is satisfied by the whole-scene box alone."""
-    game = Game(scenes=SceneConfig(canvas_size=16), glimpse_size=4, glimpses=2, observation_grid=4)
-    train, test = centred_digits("train"), centred_digits("test")
-    budget = TaskModelBudget(steps=250, batch_size=64, glimpses=2, around_digit=0.5, whole_scene=0.5)
-    with torch_threads(1):
-        task_model, _ = train_task_model(train, game.sensor, budget, progress=False)
-        agent_budget = agents.AgentBudget(
-            steps=1600, n_envs=8, gradient_steps=4, batch_size=64, hidden=(64, 64), learning_starts=200
-        )
-        agent, _ = agents.train_agent(train, task_model, game, agent_budget, seed=0)
-    learned = policies.play(policies.agent_policy(agent), test, task_model, game)
-    coarse = policies.play(policies.coarse_view_policy(), test, task_model, game)
-    assert learned.mean_side().min() < 12  # a glimpse at least a quarter narrower than the scene
-    # Standard error of a difference of two accuracies over n scenes: at most sqrt(2 * 0.25 / n).
-    assert learned.accuracy()[-1] - coarse.accuracy()[-1] > 3 * np.sqrt(0.5 / len(test))
 
 
 def tiny_budget(**overrides):
