@@ -798,6 +798,14 @@ def findings(summary: dict) -> str:
                 f"- **{label}, {name}:** speed-up {spread(speedups)} % over the tuned uniform schedule "
                 f"(η = {values['base_lr']:g}), {verdict}: {reading}."
             )
+    for arch, values in archs.items():
+        rates = sorted(float(rate) for rate in values["lr_sweep"])
+        if len(rates) > 1 and values["base_lr"] in (rates[0], rates[-1]):
+            lines.append(
+                f"- **Caution ({LABELS[arch]}):** the tuned η = {values['base_lr']:g} is at the edge of the sweep "
+                f"({rates[0]:g} to {rates[-1]:g}), so the uniform baseline may not be at its best rate, and part "
+                "of any gain may be a better overall rate rather than a better split between components."
+            )
     if "moe" in archs and "dense" in archs:
         moe = float(np.mean(archs["moe"]["speedup"]["paper"]))
         dense = float(np.mean(archs["dense"]["speedup"]["paper"]))
