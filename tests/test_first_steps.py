@@ -130,7 +130,7 @@ def test_the_experiment_keeps_the_contract(corpus, budget):
     assert "ByteLMBudget(" in small.describe()
     playground = first_plots.playground(result)
     first = playground.status.value
-    playground.controls["temperature"].value = 0.5
+    playground.controls["temperature"].value = 2.0
     assert playground.status.value != first and playground.renders == 2
     assert len(first_plots.loss_curve(result).layout.shapes) == 2  # the two reference lines
 
