@@ -24,8 +24,13 @@ BATCH = torch.randint(0, 256, (3, 16), generator=torch.Generator().manual_seed(0
 
 def one_step(built):
     """The parameters after one training step on a fixed batch (Adam, the groups' LRs)."""
-    fit(built.model, lambda: (BATCH, BATCH.roll(-1, dims=1)), TrainConfig(steps=1, lr=1e-2, grad_clip=None),
-        param_groups=built.parameter_groups(), progress=False)  # fmt: skip
+    fit(
+        built.model,
+        lambda: (BATCH, BATCH.roll(-1, dims=1)),
+        TrainConfig(steps=1, lr=1e-2, grad_clip=None),
+        param_groups=built.parameter_groups(),
+        progress=False,
+    )
     return {name: p.detach().clone() for name, p in built.model.named_parameters()}
 
 

@@ -96,8 +96,9 @@ def test_one_expert_with_top1_equals_the_dense_ffn(routing):
     config = GPTConfig(d_model=16, n_head=2, d_ff=48)
     torch.manual_seed(0)
     dense = FeedForward(config)
-    layer = MoEFeedForward(MoEConfig(d_model=16, d_ff=48, expansion=1, granularity=1, routing=routing,
-                                     output_norm=False))  # fmt: skip
+    layer = MoEFeedForward(
+        MoEConfig(d_model=16, d_ff=48, expansion=1, granularity=1, routing=routing, output_norm=False)
+    )
     with torch.no_grad():
         layer.up[0].copy_(dense.up.weight.t())
         layer.down[0].copy_(dense.down.weight.t())

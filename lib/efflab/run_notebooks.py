@@ -64,11 +64,25 @@ def papermill_command(
     notebook: Path, executed: Path, results_dir: Path, mode: str, device: str, cell_timeout: int
 ):
     return [
-        sys.executable, "-m", "papermill", str(notebook), str(executed),
-        "--kernel", "python3",
-        "--execution-timeout", str(cell_timeout),
-        "-p", "MODE", mode, "-p", "DEVICE", device, "-p", "RESULTS_DIR", str(results_dir),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "papermill",
+        str(notebook),
+        str(executed),
+        "--kernel",
+        "python3",
+        "--execution-timeout",
+        str(cell_timeout),
+        "-p",
+        "MODE",
+        mode,
+        "-p",
+        "DEVICE",
+        device,
+        "-p",
+        "RESULTS_DIR",
+        str(results_dir),
+    ]
 
 
 def run_notebook(notebook: Path, out: Path, *, mode: str, device: str, cell_timeout: int, time_limit: int):

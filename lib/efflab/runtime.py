@@ -127,9 +127,18 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 
 
 COURSE_PACKAGES = (
-    "torch", "numpy", "pandas", "scipy", "scikit-learn", "plotly", "ipywidgets",
-    "gymnasium", "stable-baselines3", "torch-pruning", "papermill",
-)  # fmt: skip
+    "torch",
+    "numpy",
+    "pandas",
+    "scipy",
+    "scikit-learn",
+    "plotly",
+    "ipywidgets",
+    "gymnasium",
+    "stable-baselines3",
+    "torch-pruning",
+    "papermill",
+)
 
 
 def environment_table():

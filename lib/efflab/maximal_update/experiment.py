@@ -127,30 +127,74 @@ class MupBudget(Budget):
     def quick(cls) -> MupBudget:
         """Two CPU cores: one block, widths 32-256 in the coordinate check, 32-128 in the sweeps, 80-step runs."""
         return cls(
-            base_width=32, n_layer=1, head_dim=16, ffn_ratio=2, expansion=4, granularity=1, block_size=32,
-            max_bytes=400_000, coord_widths=(32, 64, 128, 256), coord_seeds=3, coord_steps=5, coord_lr=1e-2,
-            coord_batch_size=4, slope_step=4, sweep_widths=(32, 64, 128), sweep_log2_lrs=(-9, -7.5, -6, -4.5, -3),
-            sweep_seeds=2, sweep_steps=80, sweep_batch_size=8, warmup_steps=4, eval_batches=4, fixed_width=64,
-            expert_counts=(2, 4, 8), granularities=(1, 2, 4), moe_sweep_seeds=1,
-        )  # fmt: skip
+            base_width=32,
+            n_layer=1,
+            head_dim=16,
+            ffn_ratio=2,
+            expansion=4,
+            granularity=1,
+            block_size=32,
+            max_bytes=400_000,
+            coord_widths=(32, 64, 128, 256),
+            coord_seeds=3,
+            coord_steps=5,
+            coord_lr=1e-2,
+            coord_batch_size=4,
+            slope_step=4,
+            sweep_widths=(32, 64, 128),
+            sweep_log2_lrs=(-9, -7.5, -6, -4.5, -3),
+            sweep_seeds=2,
+            sweep_steps=80,
+            sweep_batch_size=8,
+            warmup_steps=4,
+            eval_batches=4,
+            fixed_width=64,
+            expert_counts=(2, 4, 8),
+            granularities=(1, 2, 4),
+            moe_sweep_seeds=1,
+        )
 
     @classmethod
     def full(cls) -> MupBudget:
         """One GPU: widths 64-1024 in the coordinate check and 64-512 in the sweeps, 300-step runs, more seeds."""
         return cls(
-            base_width=64, n_layer=2, head_dim=16, ffn_ratio=2, expansion=4, granularity=1, block_size=64,
-            max_bytes=4_000_000, coord_widths=(64, 128, 256, 512, 1024), coord_seeds=3, coord_steps=6,
-            coord_lr=1e-2, coord_batch_size=8, slope_step=4, sweep_widths=(64, 128, 256, 512),
-            sweep_log2_lrs=(-10, -9, -8, -7, -6, -5, -4, -3), sweep_seeds=2, sweep_steps=300, sweep_batch_size=32,
-            warmup_steps=20, eval_batches=8, fixed_width=128, expert_counts=(2, 4, 8, 16),
-            granularities=(1, 2, 4, 8), moe_sweep_seeds=2,
-        )  # fmt: skip
+            base_width=64,
+            n_layer=2,
+            head_dim=16,
+            ffn_ratio=2,
+            expansion=4,
+            granularity=1,
+            block_size=64,
+            max_bytes=4_000_000,
+            coord_widths=(64, 128, 256, 512, 1024),
+            coord_seeds=3,
+            coord_steps=6,
+            coord_lr=1e-2,
+            coord_batch_size=8,
+            slope_step=4,
+            sweep_widths=(64, 128, 256, 512),
+            sweep_log2_lrs=(-10, -9, -8, -7, -6, -5, -4, -3),
+            sweep_seeds=2,
+            sweep_steps=300,
+            sweep_batch_size=32,
+            warmup_steps=20,
+            eval_batches=8,
+            fixed_width=128,
+            expert_counts=(2, 4, 8, 16),
+            granularities=(1, 2, 4, 8),
+            moe_sweep_seeds=2,
+        )
 
     def family(self, **changes) -> ModelFamily:
         fields = dict(
-            base_width=self.base_width, n_layer=self.n_layer, head_dim=self.head_dim, ffn_ratio=self.ffn_ratio,
-            expansion=self.expansion, granularity=self.granularity, block_size=self.block_size,
-        )  # fmt: skip
+            base_width=self.base_width,
+            n_layer=self.n_layer,
+            head_dim=self.head_dim,
+            ffn_ratio=self.ffn_ratio,
+            expansion=self.expansion,
+            granularity=self.granularity,
+            block_size=self.block_size,
+        )
         return ModelFamily(**{**fields, **changes})
 
     @property
@@ -184,7 +228,7 @@ def coordinate_tasks(
             block_size=budget.block_size,
             max_bytes=budget.max_bytes,
             device=device,
-        )  # fmt: skip
+        )
         for width in reversed(widths or budget.coord_widths)  # widest first: the pool ends on short tasks
         for parameterization in parameterizations
         for seed in seeds
@@ -193,10 +237,20 @@ def coordinate_tasks(
 
 def _sweep_task(budget: MupBudget, family, width, parameterization, lr, seed, device, label) -> SweepTask:
     return SweepTask(
-        family, width, parameterization, lr, seed, steps=budget.sweep_steps, batch_size=budget.sweep_batch_size,
-        block_size=budget.block_size, warmup_steps=budget.warmup_steps, eval_batches=budget.eval_batches,
-        max_bytes=budget.max_bytes, device=device, label=label,
-    )  # fmt: skip
+        family,
+        width,
+        parameterization,
+        lr,
+        seed,
+        steps=budget.sweep_steps,
+        batch_size=budget.sweep_batch_size,
+        block_size=budget.block_size,
+        warmup_steps=budget.warmup_steps,
+        eval_batches=budget.eval_batches,
+        max_bytes=budget.max_bytes,
+        device=device,
+        label=label,
+    )
 
 
 def sweep_tasks(budget: MupBudget, seeds: tuple[int, ...], moe_seeds: tuple[int, ...], device: str) -> dict:
@@ -212,7 +266,7 @@ def sweep_tasks(budget: MupBudget, seeds: tuple[int, ...], moe_seeds: tuple[int,
     expansion = [
         _sweep_task(
             budget, budget.family(expansion=e, granularity=1), budget.fixed_width, "mup", lr, s, device, f"E={e}"
-        )  # fmt: skip
+        )
         for e in reversed(budget.expert_counts)
         for lr in budget.lrs
         for s in moe_seeds
@@ -380,9 +434,12 @@ def live_coordinate_check(
     check_int("seeds", seeds, low=2)  # a slope per seed mean needs a spread to be honest about
     budget = result.budget
     tasks = coordinate_tasks(
-        budget, tuple(result.seeds[0] + i for i in range(seeds)), result.device,
-        parameterizations=(parameterization,), multipliers=multipliers,
-    )  # fmt: skip
+        budget,
+        tuple(result.seeds[0] + i for i in range(seeds)),
+        result.device,
+        parameterizations=(parameterization,),
+        multipliers=multipliers,
+    )
     if report is not None:
         report(0.05, f"coordinate check of {LABELS[parameterization]} at {multipliers.label()}: {len(tasks)} runs")
     table = records_table(tasks, run_all(run_coordinate_check, tasks, description="coordinate check"))
@@ -429,37 +486,63 @@ def paper_rows(summary: dict, committed: dict | None = None) -> pd.DataFrame:
 
     step = summary["slope_step"]
     rows = [
-        dict(quantity=f"μP: largest |slope| of a hidden activation (step {step})",
-             paper="flat: feature learning in the experts at every width (abstract)",
-             this_run=coord("mup", "max_abs_hidden_slope")(summary),
-             full_run=pick(committed, coord("mup", "max_abs_hidden_slope")),
-             note="slope of log mean|x| vs log width, mean of seeds; flat means |slope| < 0.2"),
-        dict(quantity=f"μP: router-logit slope (step {step})",
-             paper="flat: feature learning in the router (abstract)",
-             this_run=coord("mup", "router_slope")(summary),
-             full_run=pick(committed, coord("mup", "router_slope")),
-             note="our router rule (α_r/m_d on the logits) is inferred, not read from the paper"),
-        dict(quantity=f"simpleP: router-logit slope (step {step})",
-             paper="grows (router left at SP; expected from μP theory)",
-             this_run=coord("simple", "router_slope")(summary),
-             full_run=pick(committed, coord("simple", "router_slope")),
-             note="simpleP as read from the Figure 1 caption (third-party summary)"),
-        dict(quantity=f"SP: output-logit slope (step {step})", paper="grows (Tensor Programs V)",
-             this_run=coord("sp", "output_slope")(summary), full_run=pick(committed, coord("sp", "output_slope")),
-             note="SP: one init std and one LR for every tensor"),
-        dict(quantity="SP: best LR per width", paper="moves with width (Figure 1, via a third-party caption)",
-             this_run=moved("sp", "width")(summary), full_run=pick(committed, moved("sp", "width")),
-             note="seed-mean validation loss; the grid is log2-spaced"),
-        dict(quantity="μP: best LR per width", paper="stays: the LR transfers across width (abstract)",
-             this_run=moved("mup", "width")(summary), full_run=pick(committed, moved("mup", "width")),
-             note="no published optimum values were available to us"),
-        dict(quantity="μP: best LR per expansion rate E", paper="stays (third-party summary; unverified)",
-             this_run=moved("mup", "expansion")(summary), full_run=pick(committed, moved("mup", "expansion")),
-             note="fixed width; E·G experts at G = 1"),
-        dict(quantity="μP: best LR per granularity G", paper="shifts with G (third-party summary; unverified)",
-             this_run=moved("mup", "granularity")(summary), full_run=pick(committed, moved("mup", "granularity")),
-             note="fixed width; G·E experts, top-k = G, each G times narrower"),
-    ]  # fmt: skip
+        dict(
+            quantity=f"μP: largest |slope| of a hidden activation (step {step})",
+            paper="flat: feature learning in the experts at every width (abstract)",
+            this_run=coord("mup", "max_abs_hidden_slope")(summary),
+            full_run=pick(committed, coord("mup", "max_abs_hidden_slope")),
+            note="slope of log mean|x| vs log width, mean of seeds; flat means |slope| < 0.2",
+        ),
+        dict(
+            quantity=f"μP: router-logit slope (step {step})",
+            paper="flat: feature learning in the router (abstract)",
+            this_run=coord("mup", "router_slope")(summary),
+            full_run=pick(committed, coord("mup", "router_slope")),
+            note="our router rule (α_r/m_d on the logits) is inferred, not read from the paper",
+        ),
+        dict(
+            quantity=f"simpleP: router-logit slope (step {step})",
+            paper="grows (router left at SP; expected from μP theory)",
+            this_run=coord("simple", "router_slope")(summary),
+            full_run=pick(committed, coord("simple", "router_slope")),
+            note="simpleP as read from the Figure 1 caption (third-party summary)",
+        ),
+        dict(
+            quantity=f"SP: output-logit slope (step {step})",
+            paper="grows (Tensor Programs V)",
+            this_run=coord("sp", "output_slope")(summary),
+            full_run=pick(committed, coord("sp", "output_slope")),
+            note="SP: one init std and one LR for every tensor",
+        ),
+        dict(
+            quantity="SP: best LR per width",
+            paper="moves with width (Figure 1, via a third-party caption)",
+            this_run=moved("sp", "width")(summary),
+            full_run=pick(committed, moved("sp", "width")),
+            note="seed-mean validation loss; the grid is log2-spaced",
+        ),
+        dict(
+            quantity="μP: best LR per width",
+            paper="stays: the LR transfers across width (abstract)",
+            this_run=moved("mup", "width")(summary),
+            full_run=pick(committed, moved("mup", "width")),
+            note="no published optimum values were available to us",
+        ),
+        dict(
+            quantity="μP: best LR per expansion rate E",
+            paper="stays (third-party summary; unverified)",
+            this_run=moved("mup", "expansion")(summary),
+            full_run=pick(committed, moved("mup", "expansion")),
+            note="fixed width; E·G experts at G = 1",
+        ),
+        dict(
+            quantity="μP: best LR per granularity G",
+            paper="shifts with G (third-party summary; unverified)",
+            this_run=moved("mup", "granularity")(summary),
+            full_run=pick(committed, moved("mup", "granularity")),
+            note="fixed width; G·E experts, top-k = G, each G times narrower",
+        ),
+    ]
     return paper_table(rows, full_run_on="GPU")
 
 

@@ -39,10 +39,13 @@ def coordinate_figure(
         table.groupby(["parameterization", "activation", "step", "width"], sort=False)["l1"].mean().reset_index()
     )
     figure = make_subplots(
-        rows=len(parameterizations), cols=len(steps), shared_xaxes=True,
+        rows=len(parameterizations),
+        cols=len(steps),
+        shared_xaxes=True,
         subplot_titles=[f"{LABELS[p]}, step {s}" for p in parameterizations for s in steps],
-        horizontal_spacing=0.03, vertical_spacing=0.09,
-    )  # fmt: skip
+        horizontal_spacing=0.03,
+        vertical_spacing=0.09,
+    )
     for row, parameterization in enumerate(parameterizations, start=1):
         for col, step in enumerate(steps, start=1):
             part = means[(means["parameterization"] == parameterization) & (means["step"] == step)]
@@ -50,17 +53,26 @@ def coordinate_figure(
                 line = part[part["activation"] == name].sort_values("width")
                 values = line["l1"].replace([np.inf, -np.inf], np.nan)
                 figure.add_scatter(
-                    x=line["width"], y=values, mode="lines+markers", name=name, legendgroup=name,
-                    showlegend=row == 1 and col == 1, line=dict(color=_activation_colour(name, names), width=1.5),
-                    marker=dict(size=4), row=row, col=col,
-                )  # fmt: skip
+                    x=line["width"],
+                    y=values,
+                    mode="lines+markers",
+                    name=name,
+                    legendgroup=name,
+                    showlegend=row == 1 and col == 1,
+                    line=dict(color=_activation_colour(name, names), width=1.5),
+                    marker=dict(size=4),
+                    row=row,
+                    col=col,
+                )
     figure.update_xaxes(type="log")
     figure.update_yaxes(type="log")
     figure.update_layout(
-        title=title, template=TEMPLATE, height=240 * len(parameterizations) + 80,
+        title=title,
+        template=TEMPLATE,
+        height=240 * len(parameterizations) + 80,
         margin=dict(l=50, r=20, t=80, b=40),
         legend=dict(orientation="h", yanchor="bottom", y=1.04, x=1.0, xanchor="right"),
-    )  # fmt: skip
+    )
     for annotation in figure.layout.annotations:
         annotation.font.size = 11
     return figure
@@ -93,8 +105,12 @@ def sweep_figure(
     if not parameterizations:
         raise ValueError("table has none of the parameterizations asked for")
     means, best = mean_curves(table), optima(table)
-    figure = make_subplots(rows=1, cols=len(parameterizations), shared_yaxes=True,
-                           subplot_titles=[LABELS[p] for p in parameterizations])  # fmt: skip
+    figure = make_subplots(
+        rows=1,
+        cols=len(parameterizations),
+        shared_yaxes=True,
+        subplot_titles=[LABELS[p] for p in parameterizations],
+    )
     curves = sorted(table["curve"].unique())
     finite = means["max"].replace([np.inf], np.nan)
     for col, parameterization in enumerate(parameterizations, start=1):
@@ -107,35 +123,61 @@ def sweep_figure(
             upper = part["max"].replace([np.inf], np.nan)
             x = part["log2_lr"].tolist()
             figure.add_scatter(
-                x=x + x[::-1], y=upper.tolist() + part["min"].replace([np.inf], np.nan).tolist()[::-1],
-                fill="toself", fillcolor=colour, opacity=0.05 if dim else 0.15, line=dict(width=0),
-                hoverinfo="skip", showlegend=False, legendgroup=label, row=1, col=col,
-            )  # fmt: skip
+                x=x + x[::-1],
+                y=upper.tolist() + part["min"].replace([np.inf], np.nan).tolist()[::-1],
+                fill="toself",
+                fillcolor=colour,
+                opacity=0.05 if dim else 0.15,
+                line=dict(width=0),
+                hoverinfo="skip",
+                showlegend=False,
+                legendgroup=label,
+                row=1,
+                col=col,
+            )
             figure.add_scatter(
-                x=x, y=part["mean"].replace([np.inf], np.nan), mode="lines+markers", name=label, legendgroup=label,
-                showlegend=col == 1, opacity=0.3 if dim else 1.0,
-                line=dict(color=colour, width=1.5 if dim else 3), row=1, col=col,
-            )  # fmt: skip
+                x=x,
+                y=part["mean"].replace([np.inf], np.nan),
+                mode="lines+markers",
+                name=label,
+                legendgroup=label,
+                showlegend=col == 1,
+                opacity=0.3 if dim else 1.0,
+                line=dict(color=colour, width=1.5 if dim else 3),
+                row=1,
+                col=col,
+            )
             star = best[(best["parameterization"] == parameterization) & (best["curve"] == curve)]
             if len(star) and star["best_index"].iloc[0] >= 0:
                 figure.add_scatter(
-                    x=[math.log2(star["best_lr"].iloc[0])], y=[star["best_loss"].iloc[0]], mode="markers",
+                    x=[math.log2(star["best_lr"].iloc[0])],
+                    y=[star["best_loss"].iloc[0]],
+                    mode="markers",
                     marker=dict(symbol="star", size=15, color=colour, line=dict(color="black", width=1)),
-                    showlegend=False, legendgroup=label, opacity=0.3 if dim else 1.0, row=1, col=col,
-                )  # fmt: skip
+                    showlegend=False,
+                    legendgroup=label,
+                    opacity=0.3 if dim else 1.0,
+                    row=1,
+                    col=col,
+                )
     top = float(np.nanmax(finite)) if np.isfinite(finite).any() else None
     low = float(means["min"].replace([np.inf], np.nan).min())
     figure.update_xaxes(title_text="log2 LR (η)")
     if top is not None:
         figure.update_yaxes(range=[low - 0.05, min(top, low + 1.5) + 0.05])
     figure.update_yaxes(title_text="validation loss (nats/byte)", col=1)
-    title = {"width": "Loss against LR across widths (star: best LR of the seed mean; band: seeds)",
-             "expansion": "μP at a fixed width: loss against LR across expansion rates E",
-             "granularity": "μP at a fixed width: loss against LR across granularities G"}[which]  # fmt: skip
+    title = {
+        "width": "Loss against LR across widths (star: best LR of the seed mean; band: seeds)",
+        "expansion": "μP at a fixed width: loss against LR across expansion rates E",
+        "granularity": "μP at a fixed width: loss against LR across granularities G",
+    }[which]
     figure.update_layout(
-        title=title, template=TEMPLATE, height=400, margin=dict(l=60, r=20, t=70, b=50),
+        title=title,
+        template=TEMPLATE,
+        height=400,
+        margin=dict(l=60, r=20, t=70, b=50),
         legend=dict(orientation="h", yanchor="bottom", y=1.06, x=1.0, xanchor="right"),
-    )  # fmt: skip
+    )
     return figure
 
 

@@ -158,8 +158,16 @@ def optima(table: pd.DataFrame) -> pd.DataFrame:
             )
         losses = part["mean"].to_numpy()
         if not np.isfinite(losses).any():
-            rows.append(dict(parameterization=parameterization, curve=int(curve), best_lr=math.nan, best_index=-1,
-                             best_loss=math.inf, seed_indices=seed_indices))  # fmt: skip
+            rows.append(
+                dict(
+                    parameterization=parameterization,
+                    curve=int(curve),
+                    best_lr=math.nan,
+                    best_index=-1,
+                    best_loss=math.inf,
+                    seed_indices=seed_indices,
+                )
+            )
             continue
         best = int(np.argmin(np.where(np.isfinite(losses), losses, np.inf)))
         best_lr = float(part["lr"].to_numpy()[best])
