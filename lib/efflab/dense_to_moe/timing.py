@@ -9,13 +9,11 @@ what we report; nothing here asserts a speed-up.
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 from torch import Tensor, nn
 
 from efflab.dense_to_moe.conversion import configure
+from efflab.timing import median_times
 from efflab.validation import check_int
 
 
@@ -28,16 +26,7 @@ def time_forward(
     options = {"tau": value} if rule == "dynamic_k" else {"k": value} if rule == "top_k" else {}
     configure(model, rule, implementation=implementation, record=False, **options)
     model.eval()
-    synchronise = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     try:
-        model(x)
-        times = []
-        for _ in range(repeats):
-            synchronise()
-            start = time.perf_counter()
-            model(x)
-            synchronise()
-            times.append(time.perf_counter() - start)
+        return median_times({"forward": lambda: model(x)}, repeats=repeats, warmup=1, cuda=x.is_cuda)["forward"]
     finally:
         configure(model, "dense", implementation="masked")
-    return statistics.median(times)

@@ -68,7 +68,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from efflab.flops import module_forward_flops
-from efflab.runtime import Timer
+from efflab.timing import interleaved_times, median_times
 from efflab.train import TrainConfig, cross_entropy, fit, lr_factor, make_optimizer
 from efflab.validation import check_choice, check_fraction, check_int, check_positive
 
@@ -775,27 +775,6 @@ def exit_logits_on(network: EarlyExitNetwork, x: Tensor, batch_size: int = 1024)
 # Wall-clock of real early exits
 
 
-def _seconds(work: Callable[[], object], device: torch.device) -> float:
-    """Wall-clock seconds of one call. On a GPU kernels run asynchronously, so we synchronise around the call."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    with Timer() as timer:
-        work()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    return timer.seconds
-
-
-def _alternating_times(first: Callable[[], object], second: Callable[[], object], repeats: int, device):
-    """Seconds of ``repeats`` runs of each of two workloads, alternating, after one warm-up run of each.
-
-    Alternating means a burst of load from elsewhere on the machine slows both alike.
-    """
-    first(), second()
-    pairs = [(_seconds(first, device), _seconds(second, device)) for _ in range(repeats)]
-    return [a for a, _ in pairs], [b for _, b in pairs]
-
-
 @torch.no_grad()
 def measure_speedup(
     network: EarlyExitNetwork,
@@ -825,9 +804,12 @@ def measure_speedup(
     _, exits = network.early_exit_forward(x, threshold, rule)
     histogram = torch.bincount(exits.cpu(), minlength=network.num_exits).numpy()
     flop_ratio = float(np.dot(histogram, costs) / len(x) / backbone_flops)
-    backbone, early = _alternating_times(
-        lambda: network.backbone(x), lambda: network.early_exit_forward(x, threshold, rule), repeats, x.device
-    )
+    works = {
+        "backbone": lambda: network.backbone(x),
+        "early": lambda: network.early_exit_forward(x, threshold, rule),
+    }
+    times = interleaved_times(works, repeats=repeats, warmup=1, cuda=x.is_cuda)
+    backbone, early = times["backbone"], times["early"]
     return dict(
         threshold=float(threshold),
         flop_ratio=flop_ratio,
@@ -856,14 +838,13 @@ def time_breakdown(network: EarlyExitNetwork, x: Tensor, *, repeats: int = 11) -
             head_index, head = heads_at[index]
             parts.append((f"head {head_index + 1}", head, hidden))
     parts.append(("classifier", network.final_exit, hidden))
-    for _, module, inputs in parts:
-        module(inputs)  # warm-up
     # Round-robin over the parts, so that a burst of load elsewhere on the machine is spread over all of them.
-    rounds = [[_seconds(lambda m=m, i=i: m(i), x.device) for _, m, i in parts] for _ in range(repeats)]
+    works = {name: (lambda m=module, i=inputs: m(i)) for name, module, inputs in parts}
+    medians = median_times(works, repeats=repeats, warmup=1, cuda=x.is_cuda)
     table = pd.DataFrame(
         [
-            dict(part=name, flops=module_forward_flops(module, inputs[:1]), ms=1e3 * statistics.median(times))
-            for (name, module, inputs), times in zip(parts, zip(*rounds, strict=True), strict=True)
+            dict(part=name, flops=module_forward_flops(module, inputs[:1]), ms=1e3 * medians[name])
+            for name, module, inputs in parts
         ]
     )
     return table.assign(flop_share=table.flops / table.flops.sum(), time_share=table.ms / table.ms.sum())

@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import copy
 import math
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -68,7 +67,7 @@ from torch.nn.utils import prune
 from efflab.data.digits import Digits
 from efflab.finetune import FinetuneBudget, check_patience, finetune, model_device, scheduled_count
 from efflab.flops import count_nonzero_parameters, count_parameters, module_forward_flops
-from efflab.runtime import Timer
+from efflab.timing import median_times
 from efflab.train import classification_metrics, run_evaluation
 from efflab.validation import check_choice, check_int, check_seed
 
@@ -648,29 +647,16 @@ def accuracy_without_finetuning(
 def compare_latency(
     models: dict[str, nn.Module], inputs: Tensor, *, repeats: int = 15, warmup: int = 3
 ) -> dict[str, float]:
-    """Median forward time in seconds of each model on ``inputs``, measured with :class:`~efflab.runtime.Timer`.
+    """Median forward time in seconds of each model on ``inputs`` (:func:`efflab.timing.median_times`).
 
     The models take turns within every repeat (dense, pruned A, pruned B, dense, ...) so that a burst of load
     from another process slows all of them alike rather than whichever happened to be running; the median over
     ``repeats`` then ignores the bursts that remain.
     """
-    check_int("repeats", repeats, low=1)
-    check_int("warmup", warmup, low=0)
     if not models:
         raise ValueError("models={} is not allowed; expected at least one model to time")
-    times: dict[str, list[float]] = {name: [] for name in models}
-    # A GPU runs asynchronously: wait for it before reading the clock, or we would time the launch only.
-    wait = torch.cuda.synchronize if inputs.is_cuda else (lambda: None)
     with torch.inference_mode():
         for model in models.values():
             model.eval()
-            for _ in range(warmup):
-                model(inputs)
-        for _ in range(repeats):
-            for name, model in models.items():
-                wait()
-                with Timer() as timer:
-                    model(inputs)
-                    wait()
-                times[name].append(timer.seconds)
-    return {name: statistics.median(values) for name, values in times.items()}
+        works = {name: (lambda m=model: m(inputs)) for name, model in models.items()}
+        return median_times(works, repeats=repeats, warmup=warmup, cuda=inputs.is_cuda)
