@@ -80,6 +80,9 @@ class LabServer:
         settings = self.home / "settings" / "@jupyterlab" / "docmanager-extension"
         settings.mkdir(parents=True)
         (settings / "plugin.jupyterlab-settings").write_text(json.dumps({"autosave": False}))
+        notices = self.home / "settings" / "@jupyterlab" / "apputils-extension"
+        notices.mkdir(parents=True)
+        (notices / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false"}))
         self.port, self.token = free_port(), secrets.token_hex(16)
         environment = {
             **os.environ,
@@ -204,7 +207,7 @@ def run_notebook_in_lab(page, server: LabServer, name: str, out: Path, timeout_s
             f"{counts['figures_drawn']} of {counts['figures']} figures drew "
             f"({counts['plotly_outputs']} plotly outputs)"
         )
-    report["controls"] = exercise_controls(page)
+    report["controls"] = exercise_controls(page, out, Path(name).stem)
     for control in report["controls"]:
         limit = BUTTON_LIMIT_MS if control["kind"] == "button" else SELECTOR_LIMIT_MS
         if control["ms"] < 0 or control["ms"] > limit:
@@ -215,8 +218,9 @@ def run_notebook_in_lab(page, server: LabServer, name: str, out: Path, timeout_s
     return report
 
 
-def exercise_controls(page) -> list[dict]:
-    """Move the first slider, change the first dropdown and press the first button of every widget area."""
+def exercise_controls(page, out: Path, stem: str) -> list[dict]:
+    """Move the first slider, change the first dropdown and press the first button of every widget area; keep a
+    screenshot of each area as it ends."""
     results = []
     areas = page.locator(".jp-OutputArea-output:has(.jupyter-widgets)")
     for index in range(areas.count()):
@@ -240,6 +244,7 @@ def exercise_controls(page) -> list[dict]:
         button = area.locator("button.jupyter-button:not([disabled])").first
         if button.count():
             results.append(measure(page, area, "button", button.inner_text(), button.click, BUTTON_LIMIT_MS))
+        area.screenshot(path=str(out / f"{stem}_widgets_{index + 1}.png"))
     return results
 
 
