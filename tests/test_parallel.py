@@ -135,3 +135,6 @@ def test_an_unreachable_ray_cluster_names_its_address(monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
     with pytest.raises(ValueError, match="127.0.0.1:1"):
         run_all(math.sqrt, [1.0], backend="ray", progress=False)
+    monkeypatch.setenv("RAY_ADDRESS", "no-port-here")
+    with pytest.raises(ValueError, match="host:port"):
+        run_all(math.sqrt, [1.0], backend="ray", progress=False)

@@ -30,6 +30,7 @@ import atexit
 import multiprocessing
 import os
 import queue
+import socket
 import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -225,6 +226,7 @@ def _run_ray(function, tasks, bar, gpu_share) -> list:
         ) from error
     address = os.environ.get("RAY_ADDRESS") or None
     if not ray.is_initialized():
+        _check_reachable(address)
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
         except Exception as error:  # Ray raises ConnectionError, RuntimeError or its own types here
@@ -244,6 +246,19 @@ def _run_ray(function, tasks, bar, gpu_share) -> list:
             results[index] = _unwrap(index, tasks[index], ray.get(reference))
             bar.update()
     return results
+
+
+def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """Fail fast, naming the address, when nothing listens there (Ray itself would retry for minutes)."""
+    if address is None or address == "auto":
+        return  # start a local Ray, or let Ray find the one this machine runs
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"RAY_ADDRESS={address!r} is not allowed; expected host:port, ray://host:port or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as error:
+        raise ValueError(f"RAY_ADDRESS={address!r}: no Ray cluster could be reached there ({error})") from error
 
 
 # ---- live progress from inside a task -------------------------------------------------------------------------
