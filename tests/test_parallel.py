@@ -1,6 +1,8 @@
 """The executor: results in task order, the same numbers on every backend, failures that name their task."""
 
 import math
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,7 +109,12 @@ def start_local_ray(ray, attempts: int = 2) -> None:
     the first start can miss that, so it gets a second chance."""
     for attempt in range(attempts):
         try:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            # Ray's workers import a task's function by its module; this test module is found through tests/.
+            tests = str(Path(__file__).resolve().parent)
+            runtime_env = {
+                "env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))}
+            }
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
             return
         except Exception:
             ray.shutdown()
