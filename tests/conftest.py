@@ -1,14 +1,25 @@
-"""Fixtures shared by the glimpse tests: a small game on 24 px scenes of the validation digits.
+"""Fixtures shared across test files.
 
-The task model is left untrained: these tests check the game's bookkeeping (boxes, rewards, seeding, logs),
-not how hard it is, so its beliefs only need to be real distributions.
+``corpus``: a few kilobytes of repeated Python source as a byte corpus, for the language-model grids of the
+first-steps, fine-grained and joint MoE tests. ``scenes`` and ``task_model``: a small glimpse game on 24 px
+scenes of the validation digits; the task model is left untrained, since those tests check the game's
+bookkeeping (boxes, rewards, seeding, logs), not how hard it is, so its beliefs only need to be real
+distributions.
 """
 
 import pytest
 import torch
 
+from efflab.data.text import ByteCorpus
 from efflab.glimpse.scenes import SceneConfig, load_scenes
 from efflab.glimpse.task_model import GlimpseClassifier, TaskModelConfig, freeze
+
+
+@pytest.fixture(scope="session")
+def corpus():
+    text = ("def add(a, b):\n    return a + b\n\n" * 200).encode()
+    data = torch.tensor(list(text), dtype=torch.uint8)
+    return ByteCorpus(train=data[:5000], val=data[5000:])
 
 
 @pytest.fixture(scope="session")

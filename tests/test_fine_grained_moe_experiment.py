@@ -3,10 +3,8 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 import efflab
-from efflab.data.text import ByteCorpus
 from efflab.fine_grained_moe import plots
 from efflab.fine_grained_moe.experiment import GranularityBudget, findings, paper_rows, run_experiment
 from efflab.lm_grid import DENSE, law_parameters
@@ -30,13 +28,6 @@ TINY = dataclasses.replace(
     checkpoints=(4, 8),
     bootstrap=3,
 )
-
-
-@pytest.fixture(scope="module")
-def corpus():
-    text = ("def add(a, b):\n    return a + b\n\n" * 200).encode()
-    data = torch.tensor(list(text), dtype=torch.uint8)
-    return ByteCorpus(train=data[:5000], val=data[5000:])
 
 
 @pytest.fixture(scope="module")

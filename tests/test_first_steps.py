@@ -21,13 +21,6 @@ from efflab.train import language_model_loss
 
 
 @pytest.fixture(scope="module")
-def corpus():
-    text = ("def add(a, b):\n    return a + b\n\n" * 200).encode()
-    data = torch.tensor(list(text), dtype=torch.uint8)
-    return ByteCorpus(train=data[:6000], val=data[6000:])
-
-
-@pytest.fixture(scope="module")
 def budget():
     return dataclasses.replace(
         ByteLMBudget.quick(),

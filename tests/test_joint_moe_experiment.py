@@ -3,10 +3,8 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 import efflab
-from efflab.data.text import ByteCorpus
 from efflab.joint_moe import plots
 from efflab.joint_moe.experiment import ExpertCountBudget, findings, law_points, paper_rows, run_experiment
 
@@ -27,13 +25,6 @@ TINY = dataclasses.replace(
     checkpoints=(4, 8),
     bootstrap=3,
 )
-
-
-@pytest.fixture(scope="module")
-def corpus():
-    text = ("def add(a, b):\n    return a + b\n\n" * 200).encode()
-    data = torch.tensor(list(text), dtype=torch.uint8)
-    return ByteCorpus(train=data[:5000], val=data[5000:])
 
 
 @pytest.fixture(scope="module")

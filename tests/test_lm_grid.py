@@ -6,7 +6,6 @@ import torch
 
 import efflab
 from efflab import lm_grid
-from efflab.data.text import ByteCorpus
 from efflab.lm_grid import DENSE, GridBudget, RunSpec, train_specs
 from efflab.train import TrainConfig, language_model_loss, make_optimizer
 
@@ -40,13 +39,6 @@ TINY = TinyGrid(
     n_seeds=2,
     checkpoints=(4, 8),
 )
-
-
-@pytest.fixture(scope="module")
-def corpus():
-    text = ("def add(a, b):\n    return a + b\n\n" * 200).encode()
-    data = torch.tensor(list(text), dtype=torch.uint8)
-    return ByteCorpus(train=data[:5000], val=data[5000:])
 
 
 @pytest.fixture(scope="module")

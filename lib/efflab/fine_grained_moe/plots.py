@@ -26,6 +26,7 @@ from efflab.fine_grained_moe.law import (
     router_flops_share,
 )
 from efflab.ui.plots import PALETTE, TEMPLATE, style_figure
+from efflab.ui.scaling_plots import curves_with_law
 from efflab.ui.widgets import Playground, dropdown, slider
 from efflab.ui.widgets import playground as widgets_playground
 from efflab.validation import check_int
@@ -219,39 +220,6 @@ def granularity_explorer_figure(
     return figure
 
 
-def expert_load_heatmaps(loads: Mapping[str, np.ndarray]) -> go.Figure:
-    """Per layer and expert, the share of assignments each expert processed, relative to an even share.
-
-    ``loads`` maps a label to a (layers, n_experts) array of fractions; 1 means exactly the even share.
-    """
-    if not loads:
-        raise ValueError("loads={} is not allowed; expected at least one (layers, n_experts) array")
-    figure = make_subplots(rows=len(loads), cols=1, subplot_titles=[str(k) for k in loads], vertical_spacing=0.18)
-    top = max(float(np.max(np.asarray(v) * np.asarray(v).shape[1])) for v in loads.values())
-    for row, load in enumerate(loads.values(), start=1):
-        load = np.atleast_2d(np.asarray(load, dtype=float))
-        figure.add_heatmap(
-            z=load * load.shape[1],
-            zmin=0,
-            zmax=max(2.0, top),
-            colorscale="RdBu_r",
-            zmid=1.0,
-            y=[f"layer {i}" for i in range(len(load))],
-            colorbar=dict(title="load / even"),
-            showscale=row == 1,
-            row=row,
-            col=1,
-        )
-        figure.update_xaxes(title_text="expert", row=row, col=1)
-    figure.update_layout(
-        template=TEMPLATE,
-        height=160 + 150 * len(loads),
-        margin=dict(l=70, r=20, t=50, b=40),
-        title="Expert load (1 = the even share)",
-    )
-    return figure
-
-
 def experts_per_token_bars(histograms: Mapping[str, np.ndarray]) -> go.Figure:
     """How many experts processed each token: one bar group per label (fractions of tokens, averaged over
     layers). Token choice gives every token exactly top-k; expert choice gives some many and some none."""
@@ -263,31 +231,6 @@ def experts_per_token_bars(histograms: Mapping[str, np.ndarray]) -> go.Figure:
     return style_figure(
         figure, "Experts per token", "number of experts that processed the token", "fraction of tokens"
     )
-
-
-def law_parity(observed: Sequence[float], predicted: Sequence[float], labels: Sequence[str]) -> go.Figure:
-    """Measured loss against the fitted law's prediction, one colour per label; a perfect fit is the diagonal."""
-    observed, predicted, labels = np.asarray(observed), np.asarray(predicted), np.asarray(labels)
-    if not observed.shape == predicted.shape == labels.shape:
-        raise ValueError(
-            f"observed, predicted and labels have shapes {observed.shape}, {predicted.shape}, {labels.shape}; "
-            "expected one value of each per point"
-        )
-    figure = go.Figure()
-    for index, label in enumerate(dict.fromkeys(labels.tolist())):
-        mask = labels == label
-        figure.add_scatter(
-            x=predicted[mask],
-            y=observed[mask],
-            mode="markers",
-            name=str(label),
-            marker=dict(color=PALETTE[index % len(PALETTE)]),
-        )
-    low, high = float(min(observed.min(), predicted.min())), float(max(observed.max(), predicted.max()))
-    figure.add_scatter(
-        x=[low, high], y=[low, high], mode="lines", line=dict(color="gray", dash="dot"), showlegend=False
-    )
-    return style_figure(figure, "The fitted law against the measured losses", "law's prediction", "measured loss")
 
 
 def router_cost_share(
@@ -351,41 +294,14 @@ def measured_granularity_curves(runs: pd.DataFrame, *, seed: int) -> go.Figure:
 
 
 def measured_with_law(curves: pd.DataFrame, law: FineGrainedLaw, *, title: str) -> go.Figure:
-    """One configuration's validation loss against tokens, every seed: the stable phase (constant rate, a line)
-    and the loss after each branched cooldown (markers: the points the law was fitted to), with the fitted law.
-
-    ``curves`` holds the evaluations of one configuration: columns seed, tokens, val_loss, params, granularity
-    and, optionally, phase ("stable" or "decayed").
-    """
+    """One configuration's evaluations (columns seed, tokens, val_loss, params, granularity, optionally phase)
+    with ``law`` drawn at its parameters and granularity."""
     if curves.empty:
         raise ValueError("curves is empty; expected the evaluations of one configuration")
-    phase = curves.phase if "phase" in curves else pd.Series("decayed", index=curves.index)
-    figure = go.Figure()
-    for index, (seed, group) in enumerate(curves.groupby("seed")):
-        color = PALETTE[index % len(PALETTE)]
-        stable = group[phase[group.index] == "stable"]
-        decayed = group[phase[group.index] == "decayed"]
-        if len(stable):
-            figure.add_scatter(
-                x=stable.tokens,
-                y=stable.val_loss,
-                mode="lines",
-                name=f"stable phase, seed {seed}",
-                line=dict(color=color, dash="dot"),
-            )
-        figure.add_scatter(
-            x=decayed.tokens,
-            y=decayed.val_loss,
-            mode="markers",
-            name=f"after cooldown, seed {seed}",
-            marker=dict(color=color, size=9),
-        )
     tokens = np.geomspace(curves.tokens.min(), curves.tokens.max(), 50)
     granularity = max(float(curves.granularity.iloc[0]), 1.0)
     predicted = law.loss(float(curves.params.iloc[0]), tokens, granularity)
-    figure.add_scatter(x=tokens, y=predicted, name="fitted law", line=dict(color="black"))
-    figure.update_xaxes(type="log")
-    return style_figure(figure, title, "training tokens", "validation loss (nats/byte)")
+    return curves_with_law(curves, tokens, predicted, law_name="fitted law", title=title)
 
 
 def measured_against_cost(points: pd.DataFrame, *, seed: int) -> go.Figure:

@@ -27,6 +27,7 @@ from efflab.joint_moe.law import (
     peak_learning_rate,
 )
 from efflab.ui.plots import PALETTE, TEMPLATE, style_figure
+from efflab.ui.scaling_plots import curves_with_law
 from efflab.ui.widgets import Playground, dropdown, slider
 from efflab.ui.widgets import playground as widgets_playground
 
@@ -391,38 +392,10 @@ def exponents_by_experts(fitted: JointLaw, expert_counts: Sequence[int], *, pape
 
 
 def measured_with_law(curves: pd.DataFrame, law: JointLaw, *, title: str) -> go.Figure:
-    """One configuration's validation loss against tokens, every seed: the stable phase (a dotted line) and the
-    loss after each branched cooldown (markers: the fitted points), with the fitted law at its active
-    parameters and number of experts.
-
-    ``curves`` holds the evaluations of one (width, E): columns seed, tokens, val_loss, active_params, expansion
-    and, optionally, phase.
-    """
+    """One (width, E)'s evaluations (columns seed, tokens, val_loss, active_params, expansion, optionally phase)
+    with ``law`` drawn at its active parameters and number of experts."""
     if curves.empty:
         raise ValueError("curves is empty; expected the evaluations of one configuration")
-    phase = curves.phase if "phase" in curves else pd.Series("decayed", index=curves.index)
-    figure = go.Figure()
-    for index, (seed, group) in enumerate(curves.groupby("seed")):
-        color = PALETTE[index % len(PALETTE)]
-        stable = group[phase[group.index] == "stable"]
-        decayed = group[phase[group.index] == "decayed"]
-        if len(stable):
-            figure.add_scatter(
-                x=stable.tokens,
-                y=stable.val_loss,
-                mode="lines",
-                name=f"stable phase, seed {seed}",
-                line=dict(color=color, dash="dot"),
-            )
-        figure.add_scatter(
-            x=decayed.tokens,
-            y=decayed.val_loss,
-            mode="markers",
-            name=f"after cooldown, seed {seed}",
-            marker=dict(color=color, size=9),
-        )
     tokens = np.geomspace(curves.tokens.min(), curves.tokens.max(), 50)
     predicted = law.loss(float(curves.active_params.iloc[0]), tokens, int(curves.expansion.iloc[0]))
-    figure.add_scatter(x=tokens, y=predicted, name="fitted joint law", line=dict(color="black"))
-    figure.update_xaxes(type="log")
-    return style_figure(figure, title, "training tokens", "validation loss (nats/byte)")
+    return curves_with_law(curves, tokens, predicted, law_name="fitted joint law", title=title)

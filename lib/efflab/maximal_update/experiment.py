@@ -42,6 +42,7 @@ NAME = "07_mup_for_moe"
 FLAT = 0.2  # |slope| below this counts as flat (the threshold of the research notes' tests)
 GROWS = 0.3  # slope above this counts as growing
 SWEPT = ("sp", "mup")  # the parameterizations of the width sweep
+GROUPS = ("hidden", "router", "output")  # the activation groups a coordinate check measures
 
 
 def _check_widths(name: str, widths, family: ModelFamily, *, at_least: int = 1) -> None:
@@ -324,53 +325,13 @@ class Result:
 
     def summary(self) -> dict:
         budget = self.budget
-        slopes = self.slopes()
-        per = {}
-        for parameterization in PARAMETERIZATIONS:
-            part = slopes[slopes["parameterization"] == parameterization]
-            by_group = {g: part[part["group"] == g]["slope"].to_numpy() for g in ("hidden", "router", "output")}
-            per[parameterization] = {
-                "slopes": {row.activation: _number(row.slope) for row in part.itertuples()},
-                "max_abs_hidden_slope": _number(np.max(np.abs(by_group["hidden"]))),
-                "router_slope": _number(np.mean(by_group["router"])) if len(by_group["router"]) else None,
-                "max_abs_router_slope": _number(np.max(np.abs(by_group["router"])))
-                if len(by_group["router"])
-                else None,
-                "output_slope": _number(by_group["output"][0]),
-            }
-        sweeps = {}
-        for which in ("width", "expansion", "granularity"):
-            table = self.sweep(which)
-            best = optima(table)
-            entry = {}
-            for parameterization, part in best.groupby("parameterization", sort=False):
-                part = part.sort_values("curve")
-                seed_indices = np.array(part["seed_indices"].tolist())  # (curves, seeds)
-                entry[parameterization] = {
-                    "curves": [int(v) for v in part["curve"]],
-                    "best_lr": {str(c): _number(v) for c, v in zip(part["curve"], part["best_lr"], strict=True)},
-                    "best_index": {str(c): int(v) for c, v in zip(part["curve"], part["best_index"], strict=True)},
-                    "best_loss": {
-                        str(c): _number(v) for c, v in zip(part["curve"], part["best_loss"], strict=True)
-                    },
-                    "seed_indices": {
-                        str(c): [int(i) for i in row] for c, row in zip(part["curve"], seed_indices, strict=True)
-                    },
-                    "best_loss_seeds": {
-                        str(c): _seed_losses(table, parameterization, c, lr)
-                        for c, lr in zip(part["curve"], part["best_lr"], strict=True)
-                    },
-                    "shift": optimum_shift(part["best_index"].tolist()),
-                    "seed_ranges": [optimum_shift(list(column))["range"] for column in seed_indices.T],
-                    "diverged_runs": int(table[table["parameterization"] == parameterization]["diverged"].sum()),
-                }
-            sweeps[which] = entry
+        sweeps = {which: _sweep_summary(self.sweep(which)) for which in ("width", "expansion", "granularity")}
         return {
             "base_width": budget.base_width,
             "coord_widths": list(budget.coord_widths),
             "slope_step": budget.slope_step,
             "coord_seeds": len(self.seeds[: budget.coord_seeds]),
-            "coordinate_check": per,
+            "coordinate_check": _coordinate_summary(self.slopes()),
             "lr_grid": [float(v) for v in budget.lrs],
             "sweep_widths": list(budget.sweep_widths),
             "fixed_width": budget.fixed_width,
@@ -378,6 +339,46 @@ class Result:
             "seeds": list(self.seeds),
             "seconds": round(self.seconds, 1),
         }
+
+
+def _coordinate_summary(slopes: pd.DataFrame) -> dict:
+    """Per parameterization: every activation's log-log slope against width, and the extremes per group."""
+    entry = {}
+    for parameterization in PARAMETERIZATIONS:
+        part = slopes[slopes["parameterization"] == parameterization]
+        hidden, router, output = (part[part["group"] == g]["slope"].to_numpy() for g in GROUPS)
+        entry[parameterization] = {
+            "slopes": {row.activation: _number(row.slope) for row in part.itertuples()},
+            "max_abs_hidden_slope": _number(np.max(np.abs(hidden))),
+            "router_slope": _number(np.mean(router)) if len(router) else None,
+            "max_abs_router_slope": _number(np.max(np.abs(router))) if len(router) else None,
+            "output_slope": _number(output[0]),
+        }
+    return entry
+
+
+def _sweep_summary(table: pd.DataFrame) -> dict:
+    """Per parameterization: each curve's optimal LR (its index, loss and every seed's), and how far it moves."""
+    entry = {}
+    for parameterization, part in optima(table).groupby("parameterization", sort=False):
+        part = part.sort_values("curve")
+        curves = [str(c) for c in part["curve"]]
+        seed_indices = np.array(part["seed_indices"].tolist())  # (curves, seeds)
+        entry[parameterization] = {
+            "curves": [int(v) for v in part["curve"]],
+            "best_lr": dict(zip(curves, map(_number, part["best_lr"]), strict=True)),
+            "best_index": dict(zip(curves, map(int, part["best_index"]), strict=True)),
+            "best_loss": dict(zip(curves, map(_number, part["best_loss"]), strict=True)),
+            "seed_indices": dict(zip(curves, (list(map(int, row)) for row in seed_indices), strict=True)),
+            "best_loss_seeds": {
+                str(c): _seed_losses(table, parameterization, c, lr)
+                for c, lr in zip(part["curve"], part["best_lr"], strict=True)
+            },
+            "shift": optimum_shift(part["best_index"].tolist()),
+            "seed_ranges": [optimum_shift(list(column))["range"] for column in seed_indices.T],
+            "diverged_runs": int(table[table["parameterization"] == parameterization]["diverged"].sum()),
+        }
+    return entry
 
 
 def _seed_losses(table: pd.DataFrame, parameterization: str, curve: int, lr: float) -> list[float]:

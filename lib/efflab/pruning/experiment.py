@@ -255,10 +255,10 @@ def train_dense(task: DenseTask) -> dict:
     config = TrainConfig(steps=steps, lr=task.lr, warmup_steps=min(20, steps), weight_decay=1e-4)
     with Timer() as timer:
         fit(model, infinite_batches(data.train, batch_size, seed=task.seed), config, progress=False)
-    test = run_evaluation(model, lambda m: classification_metrics(m, data.test.x, data.test.y))
+    test = run_evaluation(model, lambda m: classification_metrics(m, data.test.x, data.test.y, prefix="test"))
     row = {
         "seed": task.seed,
-        "test_accuracy": test["val_accuracy"],
+        "test_accuracy": test["test_accuracy"],
         "parameters": count_parameters(model),
         "flops": module_forward_flops(model, data.train.x[:1]),
         "train_seconds": timer.seconds,
