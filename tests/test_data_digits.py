@@ -31,6 +31,15 @@ def test_raw_images_are_scaled_to_unit_range(raw):
     assert labels.dtype == np.int64 and set(labels) == set(range(10))
 
 
+def test_raw_images_are_scikit_learns_digits(raw):
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    bunch = sklearn_digits()
+    images, labels = raw
+    np.testing.assert_array_equal(images * 16, bunch.images)
+    np.testing.assert_array_equal(labels, bunch.target)
+
+
 def test_split_shapes_and_types(digits):
     for split in (digits.train, digits.val, digits.test):
         assert split.x.shape == (len(split), 1, 8, 8)
