@@ -18,6 +18,7 @@ Three choices every experiment shares live here, so that no notebook re-invents 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -69,9 +70,17 @@ def digits_file() -> Path:
     return Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
 
 
+@functools.cache
+def _digit_table() -> np.ndarray:
+    """The file's rows, read once per process (a pruning grid loads the digits in every one of its tasks)."""
+    table = np.loadtxt(digits_file(), delimiter=",")
+    table.flags.writeable = False
+    return table
+
+
 def load_digit_images() -> tuple[np.ndarray, np.ndarray]:
     """All 1,797 images as a float32 array (1797, 8, 8) scaled to [0, 1], and their int64 labels (1797,)."""
-    table = np.loadtxt(digits_file(), delimiter=",")
+    table = _digit_table()
     images = (table[:, :-1].reshape(-1, 8, 8) / MAX_INTENSITY).astype(np.float32)
     return images, table[:, -1].astype(np.int64)
 
