@@ -5,7 +5,6 @@ import pytest
 
 from efflab.fine_grained_moe import law as laws
 from efflab.fine_grained_moe import plots as moe_plots
-from efflab.ui import scaling_plots
 from efflab.ui.widgets import explorer, slider
 
 
@@ -38,18 +37,9 @@ def test_law_explorer_answers_from_python():
     assert "optimal G=" in view.last.layout.annotations[-1].text
 
 
-def test_router_figures_and_parity():
-    loads = {"expert choice": np.full((2, 8), 1 / 8), "token choice": np.array([[0.5] + [0.5 / 7] * 7] * 2)}
-    heatmaps = scaling_plots.expert_load_heatmaps(loads)
-    assert np.allclose(heatmaps.data[0].z, 1.0)  # an even load is drawn as 1
-    with pytest.raises(ValueError, match="loads"):
-        scaling_plots.expert_load_heatmaps({})
+def test_experts_per_token_bars():
     bars = moe_plots.experts_per_token_bars({"a": np.array([[0.1, 0.2, 0.7]])})
     assert list(bars.data[0].y) == pytest.approx([0.1, 0.2, 0.7])
-    parity = scaling_plots.law_parity([3.0, 2.5, 2.4], [2.9, 2.6, 2.4], ["G=1", "G=2", "G=2"])
-    assert [len(trace.x) for trace in parity.data[:2]] == [1, 2]
-    with pytest.raises(ValueError, match="shapes"):
-        scaling_plots.law_parity([3.0], [2.9, 2.6], ["G=1"])
 
 
 def test_measured_figures():
