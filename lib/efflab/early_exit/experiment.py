@@ -143,8 +143,12 @@ class EarlyExitBudget(Budget):
 
     @classmethod
     def quick(cls) -> EarlyExitBudget:
-        """Two CPU cores: canvases, three seeds, 800 steps per regime and sweep point."""
-        return cls()
+        """Two CPU cores: canvases, three seeds, 640 steps per regime and sweep point.
+
+        The sweep keeps its ends and the main comparison's share (0, 50 and 100 %): the 25 and 75 % points were
+        40 % of the quick run's training steps, and full mode has them.
+        """
+        return cls(shares=(0.0, 0.5, 1.0), total_steps=640)
 
     @classmethod
     def full(cls) -> EarlyExitBudget:
@@ -164,6 +168,7 @@ class EarlyExitBudget(Budget):
             layouts=16,
             rank_samples=5000,
             timing_repeats=20,
+            shares=(0.0, 0.25, 0.5, 0.75, 1.0),
         )
 
     @property

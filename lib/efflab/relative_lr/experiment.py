@@ -115,7 +115,14 @@ class RelativeLRBudget(Budget):
 
     @classmethod
     def quick(cls) -> RelativeLRBudget:
-        return cls()
+        """Two CPU cores. A step's cost grows with the context, so the quick models read 32 bytes at a time, not
+        64 (44 % less per step); two validation batches per evaluation and an update measure every 12 steps
+        (each had cost about 15 % of a run); each search tries six of the schedule's knobs (25 trials), where a
+        whole pass has eight (dense) or ten (MoE); runs are 100 steps and search trials 32. Full mode keeps the
+        longer context and runs, more evaluation and every pass."""
+        return cls(
+            block_size=32, steps=100, eval_batches=2, track_every=12, search_steps=32, search_evaluations=25
+        )
 
     @classmethod
     def full(cls) -> RelativeLRBudget:
