@@ -41,18 +41,24 @@ CHROMIUM = Path("/usr/bin/chromium")
 SELECTOR_LIMIT_MS = 1000  # a slider or dropdown over precomputed results must answer within this
 BUTTON_LIMIT_MS = 300_000
 
-# Runs in the page: starts watching `root`; window.__efflabChange resolves with the milliseconds until its first
-# change (-1 when nothing changed within `limit`).
+# Runs in the page: starts watching every element of `roots`; window.__efflabChange resolves with the
+# milliseconds until the first change in any of them (-1 when nothing changed within `limit`).
 WATCH_CHANGE = """
-([root, limit]) => {
+([roots, limit]) => {
   window.__efflabChange = new Promise((resolve) => {
     const start = performance.now();
     const observer = new MutationObserver(() => { observer.disconnect(); resolve(performance.now() - start); });
-    observer.observe(root, {childList: true, subtree: true, characterData: true, attributes: true});
+    for (const root of roots) {
+      observer.observe(root, {childList: true, subtree: true, characterData: true, attributes: true});
+    }
     setTimeout(() => { observer.disconnect(); resolve(-1); }, limit);
   });
 }
 """
+# What counts as a control's answer: the figure or table it redraws, the status sentence above it (a setting past
+# the precomputed ones changes only that sentence) and, for a button, its progress bar. The controls themselves
+# are left out, since a slider's own read-out changes whenever it moves.
+ANSWER_SELECTOR = ".widget-output, .widget-html, .widget-progress"
 
 
 def free_port() -> int:
@@ -261,10 +267,10 @@ def _nudge(handle) -> None:
 
 
 def measure(page, area, kind: str, label: str, act, limit_ms: int = 10_000) -> dict:
-    """Milliseconds from the action until the first change in the area's output widget (-1: no change)."""
-    target = area.locator(".widget-output").first
-    root = target if target.count() else area
-    page.evaluate(WATCH_CHANGE, [root.element_handle(), limit_ms])
+    """Milliseconds from the action until the area's first visible answer (-1: none); see ANSWER_SELECTOR."""
+    answers = area.locator(ANSWER_SELECTOR)
+    roots = [answers.nth(i).element_handle() for i in range(answers.count())] or [area.element_handle()]
+    page.evaluate(WATCH_CHANGE, [roots, limit_ms])
     act()
     milliseconds = page.evaluate("() => window.__efflabChange")
     return {"kind": kind, "label": label.strip()[:60], "ms": round(milliseconds, 1)}
