@@ -262,8 +262,10 @@ def _label(handle) -> str:
 
 
 def _nudge(handle) -> None:
+    """One step right, or one step left for a slider that a cell already moved to its end."""
+    at_end = handle.evaluate("(h) => h.getAttribute('aria-valuenow') === h.getAttribute('aria-valuemax')")
     handle.focus()
-    handle.press("ArrowRight")
+    handle.press("ArrowLeft" if at_end else "ArrowRight")
 
 
 def measure(page, area, kind: str, label: str, act, limit_ms: int = 10_000) -> dict:
