@@ -168,7 +168,6 @@ class EarlyExitBudget(Budget):
             layouts=16,
             rank_samples=5000,
             timing_repeats=20,
-            shares=(0.0, 0.25, 0.5, 0.75, 1.0),
         )
 
     @property
