@@ -18,7 +18,31 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize
 
-from efflab.validation import check_int, check_positive
+from efflab.validation import check_finite, check_int, check_positive, check_range, is_number
+
+
+def check_interval(name: str, interval, *, positive: bool = False) -> None:
+    """Raise a ValueError unless ``interval`` is a pair ``(low, high)`` of finite numbers with low < high (and
+    low > 0 with ``positive``: a range searched in log space)."""
+    ok = isinstance(interval, tuple | list) and len(interval) == 2
+    ok = ok and all(is_number(v) and math.isfinite(v) for v in interval) and interval[0] < interval[1]
+    if not (ok and (interval[0] > 0 or not positive)):
+        kind = "positive finite numbers" if positive else "finite numbers"
+        raise ValueError(f"{name}={interval!r} is not allowed; expected a pair (low, high) of {kind}, low < high")
+
+
+def check_positive_array(name: str, value, *, allow_zero: bool = False) -> np.ndarray:
+    """``value`` as a float array, or a ValueError naming the first entry that is not a finite number > 0
+    (>= 0 with ``allow_zero``)."""
+    try:
+        array = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={value!r} is not allowed; expected numbers or an array of numbers") from None
+    bad = ~((array >= 0) if allow_zero else (array > 0)) | ~np.isfinite(array)
+    if np.any(bad):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} contains {array[bad].flat[0]!r}; expected finite numbers {bound}")
+    return array
 
 
 @dataclass(frozen=True)
@@ -41,6 +65,18 @@ class LawForm:
     bounds: Mapping[str, tuple[float, float]]
     to_law: Callable[[Mapping[str, float]], object]
 
+    def __post_init__(self):
+        for field_name in ("parameters", "features"):
+            if not getattr(self, field_name):
+                raise ValueError(f"{field_name}=() is not allowed; expected at least one name")
+        for table in ("start_ranges", "bounds"):
+            intervals = getattr(self, table)
+            missing = set(self.parameters) - set(intervals)
+            if missing:
+                raise ValueError(f"{table} lacks {sorted(missing)}; expected an interval for every parameter")
+            for name in self.parameters:
+                check_interval(f"{table}[{name!r}]", intervals[name])
+
     @staticmethod
     def natural_name(parameter: str) -> str:
         return parameter.removeprefix("log_")
@@ -51,24 +87,28 @@ class LawForm:
             for name, value in theta.items()
         }
 
-    def to_fit_space(self, natural: Mapping[str, float]) -> dict[str, float]:
+    def to_fit_space(self, natural: Mapping[str, float], name: str = "fixed") -> dict[str, float]:
+        """Natural coefficients (a mapping the caller passed as ``name``) in fit space."""
         result = {}
-        for name, value in natural.items():
-            fit_name = next((p for p in self.parameters if self.natural_name(p) == name), None)
+        for key, value in natural.items():
+            fit_name = next((p for p in self.parameters if self.natural_name(p) == key), None)
             if fit_name is None:
                 raise ValueError(
-                    f"fixed contains {name!r}, which is not a parameter of the {self.name} law; expected one of "
+                    f"{name} contains {key!r}, which is not a parameter of the {self.name} law; expected one of "
                     f"{tuple(self.natural_name(p) for p in self.parameters)}"
                 )
             if fit_name.startswith("log_"):
-                check_positive(name, value)
+                check_positive(f"{name}[{key!r}]", value)
                 value = math.log(value)
+            check_finite(f"{name}[{key!r}]", value)
             result[fit_name] = float(value)
         return result
 
 
 def softmax_terms(*terms: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
     """log(sum_i exp(term_i)) and the weights exp(term_i - that), the derivative of the log-sum by each term."""
+    if not terms:
+        raise ValueError("terms=() is not allowed; expected at least one array of terms")
     stacked = np.stack(np.broadcast_arrays(*terms))
     top = stacked.max(axis=0)
     total = top + np.log(np.exp(stacked - top).sum(axis=0))
@@ -98,19 +138,22 @@ def _feature_columns(form: LawForm, features: Mapping[str, Sequence[float]]) -> 
     missing = set(form.features) - set(features)
     if missing:
         raise ValueError(f"features lacks {sorted(missing)}; the {form.name} law reads {form.features}")
-    columns = {name: np.atleast_1d(np.asarray(features[name], dtype=float)) for name in form.features}
+    columns = {
+        name: np.atleast_1d(check_positive_array(f"features[{name!r}]", features[name])) for name in form.features
+    }
+    for name, column in columns.items():
+        if column.ndim != 1:
+            raise ValueError(f"features[{name!r}] has shape {column.shape}; expected one value per run (1-D)")
     lengths = {len(column) for column in columns.values()}
     if len(lengths) != 1:
         raise ValueError(f"features have different lengths {sorted(lengths)}; expected one value per run")
-    for name, column in columns.items():
-        if not np.all(column > 0):
-            raise ValueError(f"features[{name!r}] contains values <= 0; expected positive numbers")
     return columns
 
 
 def huber(residual: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
     """Huber's loss of each residual and its derivative: squared up to ``delta``, linear beyond, so a few bad
     runs pull on the fit only linearly."""
+    check_positive("delta", delta)
     absolute = np.abs(residual)
     value = np.where(absolute <= delta, 0.5 * residual**2, delta * (absolute - 0.5 * delta))
     return value, np.clip(residual, -delta, delta)
@@ -138,6 +181,7 @@ def fit_law(
     tolerance on the objective.
     """
     check_int("n_starts", n_starts, low=0 if starts else 1)
+    check_int("seed", seed, low=0)
     check_positive("huber_delta", huber_delta)
     check_positive("tolerance", tolerance)
     columns = _feature_columns(form, features)
@@ -147,7 +191,7 @@ def fit_law(
         raise ValueError(f"losses has shape {observed.shape}; expected ({n_points},), one per run")
     if not np.all(np.isfinite(observed) & (observed > 0)):
         raise ValueError("losses contains values that are not finite and > 0; expected positive losses")
-    fixed_theta = form.to_fit_space(fixed or {})
+    fixed_theta = form.to_fit_space({} if fixed is None else fixed)
     free = [name for name in form.parameters if name not in fixed_theta]
     if n_points < len(free):
         raise ValueError(f"{n_points} runs cannot fit {len(free)} free coefficients; expected at least as many")
@@ -165,8 +209,12 @@ def fit_law(
     generator = np.random.default_rng(seed)
     bounds = [form.bounds[name] for name in free]
     given = []
-    for start in starts:
-        theta = form.to_fit_space({k: v for k, v in start.items() if form.natural_name(k) in _natural(form)})
+    for index, start in enumerate(starts):
+        known = {k: v for k, v in start.items() if form.natural_name(k) in _natural(form)}
+        theta = form.to_fit_space(known, f"starts[{index}]")
+        missing = [form.natural_name(name) for name in free if name not in theta]
+        if missing:
+            raise ValueError(f"starts[{index}] lacks {missing}; expected a value for every free coefficient")
         given.append(np.clip([theta[name] for name in free], *np.array(bounds).T))
     with _single_threaded_blas():
         best = _best_of_starts(objective, free, form, bounds, n_starts, generator, given, tolerance)
@@ -222,6 +270,7 @@ def _single_threaded_blas():
 def at_bounds(fit: LawFit, *, margin: float = 1e-3) -> list[str]:
     """The coefficients (natural names) that the optimiser left on an edge of the form's bounds (within
     ``margin`` of the bound's width): there the data did not pin them, the box did. Fixed ones are not listed."""
+    check_range("margin", margin, low=0.0, high=0.5)
     theta = fit.form.to_fit_space({k: v for k, v in fit.coefficients.items() if k not in fit.fixed})
     flagged = []
     for name, value in theta.items():
@@ -245,6 +294,9 @@ class FitUncertainty:
     flagged: tuple[str, ...]
 
     def interval(self, name: str, level: float = 0.9) -> tuple[float, float]:
+        if name not in self.samples:
+            raise ValueError(f"name={name!r} is not allowed; expected one of {tuple(self.samples)}")
+        check_range("level", level, low=0.0, high=1.0, low_open=True)
         values = self.samples[name]
         tail = 50.0 * (1.0 - level)
         return float(np.percentile(values, tail)), float(np.percentile(values, 100.0 - tail))
@@ -256,6 +308,7 @@ class FitUncertainty:
 
     def describe(self, name: str, digits: int = 3) -> str:
         """``0.12 [0.05, 0.31]`` (the 90 % bootstrap interval), with "at a bound" where the fit sits on one."""
+        check_int("digits", digits, low=1)
         low, high = self.interval(name)
         flag = " (at a bound)" if name in self.flagged else ""
         return f"{self.fit.coefficients[name]:.{digits}g} [{low:.{digits}g}, {high:.{digits}g}]{flag}"
@@ -277,7 +330,8 @@ def bootstrap_fit(
     refit starts from the full fit and one random point, with a looser tolerance (it only needs to land in the
     same basin). The spread of the refits is the uncertainty the grid leaves in each coefficient."""
     check_int("resamples", resamples, low=2)
-    columns = {name: np.asarray(features[name], dtype=float) for name in form.features}
+    check_int("seed", seed, low=0)
+    columns = _feature_columns(form, features)
     observed = np.asarray(losses, dtype=float)
     labels = np.asarray(list(groups))
     if labels.shape != observed.shape:
@@ -314,6 +368,11 @@ def compare_with_paper(low: float, high: float, paper: float, *, factor: float =
     """How an interval [low, high] stands against the paper's value: ``"undetermined"`` (it spans zero),
     ``"opposite sign"``, ``"same sign and order"`` (it overlaps [paper / factor, paper * factor]) or
     ``"same sign, different size"``."""
+    for name, value in (("low", low), ("high", high), ("paper", paper)):
+        check_finite(name, value)
+    if low > high:
+        raise ValueError(f"low={low!r} is not allowed with high={high!r}; expected low <= high")
+    check_range("factor", factor, low=1.0, high=math.inf)
     if low <= 0.0 <= high:
         return "undetermined"
     if (low > 0) != (paper > 0):

@@ -44,7 +44,7 @@ import numpy as np
 from scipy import optimize
 
 from efflab.flops import D_MODEL_PER_BLOCK, FLOPS_PER_ACTIVE_PARAMETER
-from efflab.law_fitting import LawForm, softmax_terms
+from efflab.law_fitting import LawForm, check_interval, check_positive_array, softmax_terms
 from efflab.validation import check_int, check_positive
 
 # ------------------------------------------------------------------------------------------------- the laws
@@ -66,12 +66,16 @@ class FineGrainedLaw:
     c: float = 0.0
     source: str = field(default="", compare=False)
 
+    def __post_init__(self):
+        for name, value in self.coefficients.items():
+            check_positive(name, value, allow_zero=True)
+
     def loss(self, params, tokens, granularity=1.0):
         """Predicted loss (nats per token); numbers or NumPy arrays, broadcast together."""
-        params, tokens, granularity = (np.asarray(v, dtype=float) for v in (params, tokens, granularity))
-        for name, value in (("params", params), ("tokens", tokens), ("granularity", granularity)):
-            if np.any(~(value > 0)):
-                raise ValueError(f"{name} contains {value[~(value > 0)].flat[0]!r}; expected numbers > 0")
+        params, tokens, granularity = (
+            check_positive_array(name, value)
+            for name, value in (("params", params), ("tokens", tokens), ("granularity", granularity))
+        )
         model_term = (self.g / granularity**self.gamma + self.a) / params**self.alpha
         return self.c + model_term + self.b / tokens**self.beta
 
@@ -132,10 +136,8 @@ def fg_shape(d_model, expansion: int = 64) -> dict[str, np.ndarray]:
     ``(8 E + 4) d_model^2 n_blocks`` (attention 4 d^2, E dense-sized FFNs of 8 d^2 each; routing excluded),
     active parameters ``12 d_model^2 n_blocks``. For E = 1 this is the dense model.
     """
-    d_model = np.asarray(d_model, dtype=float)
+    d_model = check_positive_array("d_model", d_model)
     check_int("expansion", expansion, low=1)
-    if np.any(~(d_model > 0)):
-        raise ValueError(f"d_model={d_model!r} is not allowed; expected numbers > 0")
     n_blocks = d_model / D_MODEL_PER_BLOCK
     return {
         "n_blocks": n_blocks,
@@ -159,14 +161,14 @@ def fg_training_flops(
     ``n_blocks`` defaults to the shape rule d_model / 64. ``router_flops_factor=0`` gives the dense cost
     ``6 N_active D``, the accounting of Kaplan et al. and Chinchilla.
     """
-    d_model, tokens, granularity = (np.asarray(v, dtype=float) for v in (d_model, tokens, granularity))
+    d_model, tokens, granularity = (
+        check_positive_array(name, value)
+        for name, value in (("d_model", d_model), ("tokens", tokens), ("granularity", granularity))
+    )
     check_int("expansion", expansion, low=1)
     check_positive("flops_per_parameter", flops_per_parameter)
     check_positive("router_flops_factor", router_flops_factor, allow_zero=True)
-    for name, value in (("d_model", d_model), ("tokens", tokens), ("granularity", granularity)):
-        if np.any(~(value > 0)):
-            raise ValueError(f"{name}={value!r} is not allowed; expected numbers > 0")
-    n_blocks = d_model / D_MODEL_PER_BLOCK if n_blocks is None else np.asarray(n_blocks, dtype=float)
+    n_blocks = d_model / D_MODEL_PER_BLOCK if n_blocks is None else check_positive_array("n_blocks", n_blocks)
     per_token_per_block = 12 * d_model**2 * flops_per_parameter + d_model * expansion * granularity * (
         router_flops_factor
     )
@@ -222,6 +224,10 @@ def fg_optimal_for_granularity(
     """The best d_model (and so N and D) for a budget at one granularity: Brent's method over log d_model."""
     check_positive("flops", flops)
     check_positive("granularity", granularity)
+    _check_law(law)
+    check_int("expansion", expansion, low=1)
+    check_positive("router_flops_factor", router_flops_factor, allow_zero=True)
+    check_interval("d_model_range", d_model_range, positive=True)
     arguments = (flops, granularity, law, expansion, router_flops_factor)
     result = optimize.minimize_scalar(
         lambda log_d: _loss_at_width(log_d, *arguments)[0],
@@ -243,6 +249,11 @@ def fg_optimal_for_granularity(
     )
 
 
+def _check_law(law) -> None:
+    if not isinstance(law, FineGrainedLaw):
+        raise ValueError(f"law={law!r} is not allowed; expected a FineGrainedLaw")
+
+
 DEFAULT_GRANULARITIES = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
@@ -255,8 +266,10 @@ def fg_compute_optimal(
     router_flops_factor: float = ROUTER_FLOPS_FACTOR,
 ) -> OptimalConfig:
     """The compute-optimal configuration over a grid of granularities (the paper uses powers of two)."""
-    if not granularities:
-        raise ValueError("granularities=() is not allowed; expected at least one granularity")
+    if np.ndim(granularities) != 1 or len(granularities) == 0:
+        raise ValueError(f"granularities={granularities!r} is not allowed; expected at least one granularity")
+    for granularity in granularities:
+        check_positive("granularities", granularity)
     candidates = [
         fg_optimal_for_granularity(flops, g, law=law, expansion=expansion, router_flops_factor=router_flops_factor)
         for g in granularities
@@ -275,6 +288,8 @@ def dense_flops_to_match(loss: float, *, law: FineGrainedLaw = FG_DENSE, bracket
     Dividing by an MoE's budget gives its compute saving, one of the paper's headline numbers.
     """
     check_positive("loss", loss)
+    _check_law(law)
+    check_interval("bracket", bracket, positive=True)
     low, high = (math.log(v) for v in bracket)
     if dense_compute_optimal(math.exp(high), law=law).loss > loss:
         return math.inf

@@ -54,6 +54,7 @@ the number of experts (:func:`peak_learning_rate`).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -61,35 +62,43 @@ import numpy as np
 import pandas as pd
 
 from efflab.flops import D_MODEL_PER_BLOCK, FLOPS_PER_ACTIVE_PARAMETER
-from efflab.law_fitting import LawForm, softmax_terms
-from efflab.validation import check_int, check_positive
+from efflab.law_fitting import LawForm, check_positive_array, softmax_terms
+from efflab.validation import check_finite, check_int, check_positive
 
 # ------------------------------------------------------------------------------------------------- the law
 
 
-def _positive(name: str, value, *, allow_zero: bool = False) -> np.ndarray:
-    """``value`` as a float array, or a ValueError naming the first entry that is not > 0 (>= 0)."""
+def _expert_counts(value, name: str = "experts") -> np.ndarray:
     array = np.asarray(value, dtype=float)
-    bad = ~((array >= 0) if allow_zero else (array > 0)) | ~np.isfinite(array)
-    if np.any(bad):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} contains {array[bad].flat[0]!r}; expected finite numbers {bound}")
-    return array
-
-
-def _expert_counts(value) -> np.ndarray:
-    array = np.asarray(value, dtype=float)
-    bad = ~(array >= 1) | (array != np.round(array))
+    bad = ~(array >= 1) | ~np.isfinite(array) | (array != np.round(array))
     if np.any(bad):
         raise ValueError(
-            f"experts contains {array[bad].flat[0]!r}; expected whole numbers >= 1 (1 is the dense model)"
+            f"{name} contains {array[bad].flat[0]!r}; expected finite whole numbers >= 1 (1 is the dense model)"
         )
     return array
+
+
+def _expert_grid(expert_counts) -> np.ndarray:
+    """The numbers of experts to compare, as a float array: a non-empty sequence of whole numbers >= 1."""
+    if np.ndim(expert_counts) != 1 or len(expert_counts) == 0:
+        raise ValueError(
+            f"expert_counts={expert_counts!r} is not allowed; expected at least one number of experts"
+        )
+    return _expert_counts(expert_counts, "expert_counts")
+
+
+def _check_saturation(e_start, e_max) -> None:
+    """E_start and E_max of eq. 4: finite, positive, and E_max > E_start (else Ê would not rise with E)."""
+    check_positive("e_start", e_start)
+    check_positive("e_max", e_max)
+    if e_max <= e_start:
+        raise ValueError(f"e_max={e_max!r} is not allowed with e_start={e_start!r}; expected e_max > e_start")
 
 
 def effective_experts(experts, e_start: float, e_max: float) -> np.ndarray:
     """Ê (eq. 4): E_start for the dense model (E = 1), rising towards E_max as experts are added."""
     experts = _expert_counts(experts)
+    _check_saturation(e_start, e_max)
     offset = 1.0 / (1.0 / e_start - 1.0 / e_max)
     return 1.0 / (1.0 / (experts - 1.0 + offset) + 1.0 / e_max)
 
@@ -107,8 +116,19 @@ class PerExpertLaw:
     nu: np.ndarray
     c: float
 
+    def __post_init__(self):
+        for name in ("m", "n", "c"):
+            check_positive_array(name, getattr(self, name), allow_zero=True)
+        for name in ("mu", "nu"):
+            values = np.asarray(getattr(self, name), dtype=float)
+            if not np.all(np.isfinite(values)):
+                raise ValueError(f"{name}={values!r} is not allowed; expected finite exponents")
+
     def loss(self, active_params, tokens) -> np.ndarray:
-        active_params, tokens = _positive("active_params", active_params), _positive("tokens", tokens)
+        active_params, tokens = (
+            check_positive_array("active_params", active_params),
+            check_positive_array("tokens", tokens),
+        )
         return self.m * active_params**self.mu + self.n * tokens**self.nu + self.c
 
     def _magnitudes(self) -> tuple[np.ndarray, np.ndarray]:
@@ -123,7 +143,7 @@ class PerExpertLaw:
         """Chinchilla's closed form for ``F = 6 N D``. With the magnitudes |mu|, |nu| and
         ``G = (|mu| m / (|nu| n))^(1/(|mu|+|nu|))``: ``N = G (F/6)^(|nu|/(|mu|+|nu|))`` and ``D = (F/6) / N``.
         Returns (active parameters, tokens)."""
-        flops = _positive("flops", flops)
+        flops = check_positive_array("flops", flops)
         mu, nu = self._magnitudes()
         balance = (mu * self.m / (nu * self.n)) ** (1.0 / (mu + nu))
         params_times_tokens = flops / FLOPS_PER_ACTIVE_PARAMETER
@@ -136,7 +156,7 @@ class PerExpertLaw:
 
     def flops_to_reach(self, loss) -> np.ndarray:
         """The budget whose compute optimum reaches ``loss``: the power law above, inverted (inf at or below c)."""
-        loss = _positive("loss", loss)
+        loss = check_positive_array("loss", loss)
         mu, nu = self._magnitudes()
         kappa = mu * nu / (mu + nu)
         reducible_at_one = self.optimal_loss(float(FLOPS_PER_ACTIVE_PARAMETER)) - self.c  # K, at F/6 = 1
@@ -161,6 +181,14 @@ class JointLaw:
     e_max: float
     c: float
     source: str = field(default="", compare=False)
+
+    def __post_init__(self):
+        for name, value in self.coefficients.items():
+            if name in ("a", "b", "c"):
+                check_positive(name, value, allow_zero=True)
+            else:
+                check_finite(name, value)
+        _check_saturation(self.e_start, self.e_max)
 
     def effective_experts(self, experts) -> np.ndarray:
         return effective_experts(experts, self.e_start, self.e_max)
@@ -227,7 +255,7 @@ def joint_shape(d_model, experts=1, *, vocab: int = GPT2_VOCAB) -> dict[str, np.
 
     ``n_blocks = d_model / 64`` is kept continuous, as in the paper's optimisation.
     """
-    d_model, experts = _positive("d_model", d_model), _expert_counts(experts)
+    d_model, experts = check_positive_array("d_model", d_model), _expert_counts(experts)
     check_int("vocab", vocab, low=1)
     n_blocks = d_model / D_MODEL_PER_BLOCK
     embedding = 2.0 * d_model * vocab
@@ -244,7 +272,10 @@ def joint_shape(d_model, experts=1, *, vocab: int = GPT2_VOCAB) -> dict[str, np.
 def kv_cache_values(d_model, kv_tokens) -> np.ndarray:
     """Values in a multi-head attention KV cache of ``kv_tokens`` tokens: a key and a value (d_model each) per
     block."""
-    d_model, kv_tokens = _positive("d_model", d_model), _positive("kv_tokens", kv_tokens, allow_zero=True)
+    d_model, kv_tokens = (
+        check_positive_array("d_model", d_model),
+        check_positive_array("kv_tokens", kv_tokens, allow_zero=True),
+    )
     return 2.0 * kv_tokens * (d_model / D_MODEL_PER_BLOCK) * d_model
 
 
@@ -267,13 +298,26 @@ def _increasing_root(function: Callable[[np.ndarray], np.ndarray], low, high, it
     return np.exp(0.5 * (log_low + log_high))
 
 
+WIDTHS = (1e-3, 1e8)  # the widths width_for_active_params searches
+
+
+def _outside_widths(active_params: np.ndarray, vocab: int) -> tuple[np.ndarray, str]:
+    """Where an active-parameter count needs a width outside :data:`WIDTHS`, and the allowed counts in words."""
+    low, high = (float(joint_shape(width, vocab=vocab)["active_params"]) for width in WIDTHS)
+    allowed = f"from {low:.3g} to {high:.3g} active parameters (d_model from {WIDTHS[0]:g} to {WIDTHS[1]:g})"
+    return (active_params < low) | (active_params > high), allowed
+
+
 def width_for_active_params(active_params, *, vocab: int = GPT2_VOCAB) -> np.ndarray:
     """The d_model whose model has ``active_params`` active parameters (the counting above, inverted)."""
-    active_params = _positive("active_params", active_params)
+    active_params = check_positive_array("active_params", active_params)
+    outside, allowed = _outside_widths(active_params, vocab)
+    if np.any(outside):
+        raise ValueError(f"active_params contains {float(active_params[outside].flat[0])!r}; expected {allowed}")
     return _increasing_root(
         lambda d: joint_shape(d, vocab=vocab)["active_params"] - active_params,
-        np.full(active_params.shape, 1e-3),
-        np.full(active_params.shape, 1e8),
+        np.full(active_params.shape, WIDTHS[0]),
+        np.full(active_params.shape, WIDTHS[1]),
     )
 
 
@@ -343,13 +387,37 @@ def optimal_config(
     All numeric arguments broadcast together, e.g. ``flops[:, None, None]`` against ``memory_bytes[None, :,
     None]`` and ``experts[None, None, :]`` for a heatmap. Raises a ValueError when no model fits anywhere.
     """
-    flops, experts = _positive("flops", flops), _expert_counts(experts)
-    inference_tokens = _positive("inference_tokens", inference_tokens, allow_zero=True)
+    flops, experts = check_positive_array("flops", flops), _expert_counts(experts)
+    inference_tokens = check_positive_array("inference_tokens", inference_tokens, allow_zero=True)
+    check_positive_array("kv_tokens", kv_tokens, allow_zero=True)
+    check_positive("bytes_per_value", bytes_per_value)
+    check_int("vocab", vocab, low=1)
+    _check_law(law)
+    # The inference-aware optimum is searched from a one-parameter model up: that model must leave some budget.
+    too_many = np.broadcast_to(
+        (inference_tokens > 0)
+        & (inference_tokens >= (flops - FLOPS_PER_ACTIVE_PARAMETER) / INFERENCE_FLOPS_PER_ACTIVE_PARAMETER),
+        np.broadcast_shapes(flops.shape, inference_tokens.shape),
+    )
+    if np.any(too_many):
+        first = np.flatnonzero(too_many)[0]
+        tokens, budget = (float(np.broadcast_to(v, too_many.shape).flat[first]) for v in (inference_tokens, flops))
+        raise ValueError(
+            f"inference_tokens={tokens!r} is not allowed with flops={budget!r}: serving them costs the whole "
+            f"budget even for a one-parameter model; expected inference_tokens < (flops - 6) / 2"
+        )
     per_expert = law.for_experts(experts)
     if np.all(inference_tokens == 0):
         active = per_expert.compute_optimal(flops)[0]
     else:
         active = _inference_aware_params(per_expert, flops, inference_tokens)
+    outside, allowed = _outside_widths(active, vocab)
+    if np.any(outside):
+        budget = float(np.broadcast_to(flops, outside.shape)[outside].flat[0])
+        raise ValueError(
+            f"flops contains {budget!r}, whose optimal model has {active[outside].flat[0]:.3g} active parameters; "
+            f"expected budgets whose optimum has {allowed}"
+        )
     shape = np.broadcast_shapes(
         flops.shape, experts.shape, inference_tokens.shape, np.shape(memory_bytes), np.shape(kv_tokens)
     )
@@ -357,7 +425,7 @@ def optimal_config(
     fits = np.ones(shape, dtype=bool)
     memory_bound = np.zeros(shape, dtype=bool)
     if memory_bytes is not None:
-        memory_bytes = _positive("memory_bytes", memory_bytes)
+        memory_bytes = check_positive_array("memory_bytes", memory_bytes)
 
         def memory(d):
             return inference_memory(d, experts, kv_tokens=kv_tokens, bytes_per_value=bytes_per_value, vocab=vocab)
@@ -397,6 +465,11 @@ def optimal_config(
     )
 
 
+def _check_law(law) -> None:
+    if not isinstance(law, JointLaw):
+        raise ValueError(f"law={law!r} is not allowed; expected a JointLaw")
+
+
 def _short(value) -> str:
     array = np.asarray(value)
     return repr(float(array)) if array.ndim == 0 else f"array of {array.size} budgets"
@@ -407,9 +480,7 @@ def configs_by_experts(flops: float, *, expert_counts: Sequence[int] = EXPERT_CO
     :func:`optimal_config`), with a column marking the best. Numbers of experts whose smallest model does not
     fit the memory budget get loss inf."""
     check_positive("flops", flops)
-    if len(expert_counts) == 0:
-        raise ValueError("expert_counts=() is not allowed; expected at least one number of experts")
-    table = optimal_config(flops, np.asarray(expert_counts), **options).as_frame()
+    table = optimal_config(flops, _expert_grid(expert_counts), **options).as_frame()
     table["experts"] = table.experts.astype(int)
     table = table.set_index("experts")
     table["best"] = table.index == table.loss.idxmin()
@@ -425,9 +496,11 @@ def optimal_experts(
     :func:`optimal_config`. Vectorised: a 30 x 30 grid over six expert counts takes milliseconds.
     """
     flops, memory_bytes = np.atleast_1d(flops), np.atleast_1d(memory_bytes)
-    experts = np.asarray(expert_counts, dtype=float)
-    if experts.size == 0:
-        raise ValueError("expert_counts=() is not allowed; expected at least one number of experts")
+    if flops.ndim != 1 or memory_bytes.ndim != 1:
+        raise ValueError(
+            f"flops has shape {flops.shape} and memory_bytes {memory_bytes.shape}; expected numbers or 1-D arrays"
+        )
+    experts = _expert_grid(expert_counts)
     configs = optimal_config(
         flops[:, None, None], experts[None, None, :], memory_bytes=memory_bytes[None, :, None], **options
     )
@@ -439,6 +512,7 @@ def optimal_experts(
 def compute_saving(flops, experts, *, law: JointLaw = JOINT) -> np.ndarray:
     """How many times more compute a compute-optimal dense model needs to match a compute-optimal model with
     ``experts`` experts trained with ``flops`` (the paper's Fig. 2b); both sides are closed forms."""
+    _check_law(law)
     moe_loss = law.for_experts(experts).optimal_loss(flops)
     return law.for_experts(1).flops_to_reach(moe_loss) / np.asarray(flops, dtype=float)
 
@@ -456,7 +530,7 @@ def peak_learning_rate(active_non_embedding, experts) -> np.ndarray:
     so pass whichever count your runs use and say which.
     """
     active_non_embedding, experts = (
-        _positive("active_non_embedding", active_non_embedding),
+        check_positive_array("active_non_embedding", active_non_embedding),
         _expert_counts(experts),
     )
     rule = LEARNING_RATE_RULE
@@ -475,9 +549,9 @@ _SUFFIXES = {"M": 1e6, "B": 1e9, "T": 1e12}
 
 def printed_value(text: str) -> tuple[float, float]:
     """A number as a table prints it ("1.5B", "990M") and half a unit of its last digit: the rounding it hides."""
-    digits, suffix = text[:-1], text[-1]
-    if suffix not in _SUFFIXES:
+    if not isinstance(text, str) or not re.fullmatch(r"\d+(\.\d+)?[MBT]", text):
         raise ValueError(f"text={text!r} is not allowed; expected digits followed by one of {tuple(_SUFFIXES)}")
+    digits, suffix = text[:-1], text[-1]
     decimals = len(digits.partition(".")[2])
     return float(digits) * _SUFFIXES[suffix], 0.5 * 10.0**-decimals * _SUFFIXES[suffix]
 
@@ -546,6 +620,8 @@ def reproduce_table_1(*, law: JointLaw = JOINT, tolerance: float = 0.02) -> pd.D
     A number agrees when it is within ``tolerance`` of the printed one or rounds to it (the table prints two or
     three significant figures: "1.5B" stands for anything from 1.45B to 1.55B).
     """
+    _check_law(law)
+    check_positive("tolerance", tolerance, allow_zero=True)
     rows = []
     for row in JOINT_TABLE_1:
         ours = dict(
@@ -613,10 +689,7 @@ def joint_form(e_start: float = JOINT.e_start, e_max: float = JOINT.e_max) -> La
     ``e_start`` and ``e_max`` stay fixed: a handful of expert counts cannot pin down the saturation of Ê. The
     fit runs in log space (a, b, c as logarithms), as the paper's appendix B describes.
     """
-    check_positive("e_start", e_start)
-    check_positive("e_max", e_max)
-    if e_max <= e_start:
-        raise ValueError(f"e_max={e_max!r} is not allowed with e_start={e_start!r}; expected e_max > e_start")
+    _check_saturation(e_start, e_max)
 
     def log_loss(theta, features):
         log_n, log_d = np.log(features["N"]), np.log(features["D"])
