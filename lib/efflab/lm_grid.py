@@ -43,7 +43,7 @@ from efflab.models.moe import experts_per_token, moe_ffn, moe_layers
 from efflab.parallel import run_all
 from efflab.runtime import Run, Timer, seed_everything
 from efflab.train import TrainConfig, cross_entropy, fit, language_model_loss, make_optimizer
-from efflab.validation import check_fraction, check_int, check_positive
+from efflab.validation import check_choice, check_fraction, check_int, check_positive, check_seed
 
 DENSE = 0  # the granularity column's value for a dense model
 STABLE, DECAYED = "stable", "decayed"  # the phase column of GridResults.curves
@@ -124,8 +124,9 @@ class GridBudget(Budget):
     threads: int | None = None  # kept for budgets of the constant-rate path; run_all gives each run one thread
 
     def __post_init__(self):
-        if not self.widths:
-            raise ValueError("widths=() is not allowed; expected at least one width")
+        if not isinstance(self.widths, tuple) or not self.widths:
+            raise ValueError(f"widths={self.widths!r} is not allowed; expected a non-empty tuple of widths")
+        check_int("n_head", self.n_head, low=1)
         for width in self.widths:
             check_int("widths", width, low=self.n_head)
             if width % self.n_head:
@@ -141,7 +142,11 @@ class GridBudget(Budget):
         if self.spread_width not in self.widths:
             raise ValueError(f"spread_width={self.spread_width!r} is not allowed; expected one of {self.widths}")
         check_int("n_seeds", self.n_seeds, low=1)
-        if not self.checkpoints or list(self.checkpoints) != sorted(set(self.checkpoints)):
+        if (
+            not isinstance(self.checkpoints, tuple)
+            or not self.checkpoints
+            or list(self.checkpoints) != sorted(set(self.checkpoints))
+        ):
             raise ValueError(
                 f"checkpoints={self.checkpoints!r} is not allowed; expected increasing stable-phase steps"
             )
@@ -216,6 +221,14 @@ class RunSpec:
     routing: str = "expert_choice"
     expansion: int | None = None
 
+    def __post_init__(self):
+        check_int("width", self.width, low=1)
+        check_int("granularity", self.granularity, low=DENSE)
+        check_seed(self.seed)
+        check_choice("routing", self.routing, ("token_choice", "expert_choice"))
+        if self.expansion is not None:
+            check_int("expansion", self.expansion, low=1)
+
     @property
     def label(self) -> str:
         if self.granularity == DENSE:
@@ -248,6 +261,7 @@ def law_parameters(config: GPTConfig, expansion: int = 1) -> int:
 
     Embeddings, the head, norms and the router are left out, as in the paper's ``(8E + 4) d^2 n_blocks``.
     """
+    check_int("expansion", expansion, low=1)
     d = config.d_model
     return config.n_layer * (4 * d * d + expansion * 2 * d * config.d_ff)
 
@@ -479,9 +493,13 @@ def train_specs(
     the law's parameter counts: ``params`` (attention and every expert) and ``active_params`` (attention and
     one FFN). Each run seeds itself from its spec, so every backend gives the same numbers.
     """
-    tasks = [GridTask(spec, budget, corpus, str(run.device)) for spec in specs]
+    if not specs or not all(isinstance(spec, RunSpec) for spec in specs):
+        raise ValueError(f"specs={specs!r} is not allowed; expected a non-empty sequence of RunSpec")
     workers = getattr(budget, "workers", None)
-    gpu_share = 1.0 / (workers or 4) if run.device.type == "cuda" else None
+    if workers is not None:
+        check_int("workers", workers, low=1)
+    tasks = [GridTask(spec, budget, corpus, str(run.device)) for spec in specs]
+    gpu_share = 1.0 / (4 if workers is None else workers) if run.device.type == "cuda" else None
     with Timer() as total:
         outcomes = run_all(
             train_task,
@@ -507,9 +525,12 @@ def seed_spread(results: GridResults, phase: str | None = None) -> dict[str, np.
     configuration trained there with more than one seed, in the order they were trained.
 
     ``phase``: ``"decayed"`` (the law points, the default when there are any) or ``"stable"``."""
+    if phase is not None:
+        check_choice("phase", phase, (STABLE, DECAYED))
     curves = results.curves
     if "phase" in curves:
-        phase = phase or (DECAYED if (curves.phase == DECAYED).any() else STABLE)
+        if phase is None:
+            phase = DECAYED if (curves.phase == DECAYED).any() else STABLE
         curves = curves[curves.phase == phase]
     spread = {}
     for label, rows in curves[curves.width == results.budget.spread_width].groupby("label", sort=False):

@@ -59,6 +59,13 @@ class ByteCorpus:
     val: Tensor
     vocab_size: ClassVar[int] = 256
 
+    def __post_init__(self):
+        for name in ("train", "val"):
+            data = getattr(self, name)
+            if not isinstance(data, Tensor) or data.dtype != torch.uint8 or data.ndim != 1 or len(data) == 0:
+                shape = (str(data.dtype), tuple(data.shape)) if isinstance(data, Tensor) else type(data).__name__
+                raise ValueError(f"{name} is {shape}; expected a non-empty 1-D uint8 tensor of bytes")
+
     def get_batch(
         self, split: str, batch_size: int, block_size: int, *, generator: torch.Generator
     ) -> tuple[Tensor, Tensor]:
@@ -79,19 +86,27 @@ class ByteCorpus:
     @staticmethod
     def encode(text: str) -> Tensor:
         """The UTF-8 bytes of ``text`` as an int64 tensor of token ids."""
+        if not isinstance(text, str):
+            raise ValueError(f"text={text!r} is not allowed; expected a string")
         return _as_tensor(text.encode("utf-8")).long()
 
     @staticmethod
     def decode(tokens: Tensor | Sequence[int]) -> str:
         """Token ids back to text; an invalid or cut-off UTF-8 sequence becomes "\ufffd"."""
         if isinstance(tokens, Tensor):
+            if tokens.ndim != 1 or tokens.is_floating_point() or tokens.is_complex():
+                raise ValueError(f"tokens has shape {tuple(tokens.shape)}, {tokens.dtype}; expected 1-D byte ids")
             tokens = tokens.tolist()
-        return bytes(tokens).decode("utf-8", errors="replace")
+        try:
+            data = bytes(list(tokens))
+        except (TypeError, ValueError):
+            raise ValueError("tokens holds values that are not byte ids; expected integers in [0, 256)") from None
+        return data.decode("utf-8", errors="replace")
 
 
 def stdlib_source_files(root: Path | None = None) -> list[Path]:
     """The standard library's ``.py`` files in sorted relative-path order, without tests or installed packages."""
-    root = Path(root or sysconfig.get_paths()["stdlib"])
+    root = Path(sysconfig.get_paths()["stdlib"] if root is None else root)
     found = []
     for folder, subfolders, names in os.walk(root):
         subfolders[:] = [name for name in subfolders if name not in EXCLUDED_FOLDERS]

@@ -26,7 +26,7 @@ from efflab.flops import count_parameters, gpt_training_flops_per_token
 from efflab.models.gpt import GPTConfig, TinyLM, probabilities_from_logits
 from efflab.runtime import Run
 from efflab.train import TrainConfig, fit, language_model_loss
-from efflab.validation import check_int, check_positive
+from efflab.validation import check_int, check_positive, check_seed
 
 NAME = "00_start_here"
 UNIFORM_LOSS = math.log(256)
@@ -151,11 +151,14 @@ def temperature_table(
     The prompt's logits are computed once; each distribution is a cheap function of them. The samples share one
     seed, so the temperature is the only thing that differs between them.
     """
-    if not prompt:
-        raise ValueError("prompt='' is not allowed; expected at least one character")
+    if not isinstance(prompt, str) or not prompt:
+        raise ValueError(f"prompt={prompt!r} is not allowed; expected at least one character")
     check_int("sample_length", sample_length, low=1)
+    if not isinstance(temperatures, tuple | list) or not temperatures:
+        raise ValueError(f"temperatures={temperatures!r} is not allowed; expected a non-empty tuple")
     for temperature in temperatures:
-        check_positive("temperature", temperature)
+        check_positive("temperatures", temperature)
+    check_seed(seed)
     device = next(model.parameters()).device
     context = corpus.encode(prompt)[None, -model.config.block_size :].to(device)
     model.eval()

@@ -244,6 +244,7 @@ class TinyLM(nn.Module):
 
         Only the last ``block_size`` tokens are used as context.
         """
+        _check_context(idx)
         logits = self(idx[:, -self.config.block_size :])[:, -1, :]
         return probabilities_from_logits(logits, temperature, top_k=top_k)
 
@@ -264,11 +265,28 @@ class TinyLM(nn.Module):
         dropout (dropout draws from the global RNG, not from ``generator``).
         """
         check_int("max_new_tokens", max_new_tokens, low=0)
+        _check_context(idx)
+        _check_sampling(temperature, top_k, self.config.vocab_size)
         for _ in range(max_new_tokens):
             probabilities = self.next_token_probabilities(idx, temperature, top_k=top_k)
             next_token = torch.multinomial(probabilities, num_samples=1, generator=generator)
             idx = torch.cat([idx, next_token], dim=1)
         return idx
+
+
+def _check_context(idx) -> None:
+    """The prompt of :meth:`TinyLM.generate` and :meth:`TinyLM.next_token_probabilities`: at least one token in
+    every row (the model's forward pass checks the ids themselves)."""
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or 0 in idx.shape:
+        shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
+        raise ValueError(f"idx has shape {shape}; expected token ids of shape (batch, time), both >= 1")
+
+
+def _check_sampling(temperature, top_k, vocab_size: int) -> None:
+    """The sampling knobs: a finite temperature > 0 and, if given, top_k in [1, vocab_size]."""
+    check_positive("temperature", temperature)
+    if top_k is not None:
+        check_int("top_k", top_k, low=1, high=vocab_size)
 
 
 def probabilities_from_logits(
@@ -280,10 +298,21 @@ def probabilities_from_logits(
     goes to 0); above 1 it flattens it towards uniform. This is a pure function of precomputed logits, so a
     temperature slider can redraw the distribution without running the model again.
     """
-    check_positive("temperature", temperature)
+    real = isinstance(logits, torch.Tensor) and not (logits.is_complex() or logits.dtype == torch.bool)
+    if not real or logits.dim() == 0 or logits.shape[-1] == 0:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"logits has shape {shape}; expected a real tensor of shape (..., vocab_size >= 1)")
+    _check_sampling(temperature, top_k, logits.shape[-1])
+    # A NaN or +inf score, or a row with every score -inf, would turn the whole row into NaN. On a GPU the check
+    # would wait for the device at every sampled token; there the model's own finiteness stands.
+    if logits.device.type == "cpu" and (
+        logits.isnan().any() or logits.isposinf().any() or logits.isneginf().all(dim=-1).any()
+    ):
+        raise ValueError("logits contains NaN, +inf or a row of only -inf; expected scores (-inf masks a token)")
+    if not logits.is_floating_point():
+        logits = logits.float()
     if top_k is not None:
-        check_int("top_k", top_k, low=1)
-        kth_largest = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        kth_largest = logits.topk(top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth_largest, float("-inf"))
     # Subtracting the max before dividing keeps a tiny temperature from overflowing to inf - inf = nan.
     scaled = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
