@@ -44,7 +44,7 @@ from efflab.law_fitting import FitUncertainty, bootstrap_fit, compare_with_paper
 from efflab.lm_grid import DENSE, GridBudget, GridResults, RunSpec, seed_spread, train_specs
 from efflab.models.moe import MoEConfig, MoEFeedForward
 from efflab.runtime import Run, Timer, torch_threads
-from efflab.validation import check_choice, check_int
+from efflab.validation import check_choice, check_int, check_seed
 
 NAME = "05_fine_grained_moe_scaling"
 PAPER_SAVING = {1e20: "about 20x", 1e25: "> 40x"}  # arXiv 2402.07871, section 6.3
@@ -65,12 +65,17 @@ class GranularityBudget(GridBudget):
 
     def __post_init__(self):
         super().__post_init__()
-        if not self.granularities:
-            raise ValueError("granularities=() is not allowed; expected at least one granularity >= 1")
+        if not isinstance(self.granularities, tuple) or not self.granularities:
+            raise ValueError(f"granularities={self.granularities!r} is not allowed; expected a non-empty tuple")
         for granularity in self.granularities:
             check_int("granularities", granularity, low=1)
         check_int("expansion", self.expansion, low=2)
+        if not isinstance(self.spread_granularities, tuple):
+            raise ValueError(
+                f"spread_granularities={self.spread_granularities!r} is not allowed; expected a tuple"
+            )
         for granularity in self.spread_granularities:
+            check_int("spread_granularities", granularity, low=DENSE)
             if granularity != DENSE and granularity not in self.granularities:
                 raise ValueError(
                     f"spread_granularities contains {granularity!r}; expected 0 (dense) or one of "
@@ -151,6 +156,15 @@ def execution_path_check(
     The time is a single measurement on whatever else the machine is doing: read it as an order of magnitude;
     ``benchmarks/moe_throughput.py`` measures properly.
     """
+    if not isinstance(config, MoEConfig):
+        raise ValueError(f"config={config!r} is not allowed; expected a MoEConfig")
+    if not isinstance(batch, tuple) or len(batch) != 2:
+        raise ValueError(f"batch={batch!r} is not allowed; expected a pair (batch, time)")
+    for size in batch:
+        check_int("batch", size, low=1)
+    check_seed(seed)
+    if threads is not None:
+        check_int("threads", threads, low=1)
     torch.manual_seed(seed)
     layer = MoEFeedForward(config)
     generator = torch.Generator().manual_seed(seed)
@@ -353,6 +367,8 @@ def run_experiment(
 ) -> GranularityResult:
     """The whole notebook-05 experiment: the published table recomputed, the execution paths checked, the
     grid trained side by side, the laws fitted with their bootstrap."""
+    if not isinstance(budget, GranularityBudget):
+        raise ValueError(f"budget={budget!r} is not allowed; expected a GranularityBudget")
     with Timer() as timer:
         corpus = load_corpus() if corpus is None else corpus
         table_2 = reproduce_table_2()

@@ -266,7 +266,7 @@ def fg_compute_optimal(
     router_flops_factor: float = ROUTER_FLOPS_FACTOR,
 ) -> OptimalConfig:
     """The compute-optimal configuration over a grid of granularities (the paper uses powers of two)."""
-    if np.ndim(granularities) != 1 or len(granularities) == 0:
+    if not isinstance(granularities, tuple | list) or not granularities:
         raise ValueError(f"granularities={granularities!r} is not allowed; expected at least one granularity")
     for granularity in granularities:
         check_positive("granularities", granularity)

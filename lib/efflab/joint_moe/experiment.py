@@ -67,15 +67,22 @@ class ExpertCountBudget(GridBudget):
 
     def __post_init__(self):
         super().__post_init__()
-        if not self.expert_counts:
-            raise ValueError("expert_counts=() is not allowed; expected at least one number of experts >= 2")
+        if not isinstance(self.expert_counts, tuple) or not self.expert_counts:
+            raise ValueError(
+                f"expert_counts={self.expert_counts!r} is not allowed; expected a tuple of at least one count >= 2"
+            )
         for experts in self.expert_counts:
             check_int("expert_counts", experts, low=2)
+        if not isinstance(self.spread_experts, tuple):
+            raise ValueError(f"spread_experts={self.spread_experts!r} is not allowed; expected a tuple")
         for experts in self.spread_experts:
+            check_int("spread_experts", experts, low=1)
             if experts != 1 and experts not in self.expert_counts:
                 raise ValueError(
                     f"spread_experts contains {experts!r}; expected 1 (dense) or one of {self.expert_counts}"
                 )
+        if not isinstance(self.lr_rule, bool):
+            raise ValueError(f"lr_rule={self.lr_rule!r} is not allowed; expected True or False")
         check_int("bootstrap", self.bootstrap, low=2)
 
     @classmethod
@@ -275,6 +282,8 @@ def run_experiment(
 ) -> ExpertCountResult:
     """The whole notebook-06 experiment: the published tables recomputed, the grid trained side by side, the
     joint law fitted with its bootstrap."""
+    if not isinstance(budget, ExpertCountBudget):
+        raise ValueError(f"budget={budget!r} is not allowed; expected an ExpertCountBudget")
     with Timer() as timer:
         corpus = load_corpus() if corpus is None else corpus
         table_1, table_2 = reproduce_table_1(), reproduce_table_2()
