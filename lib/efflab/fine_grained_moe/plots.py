@@ -41,6 +41,8 @@ def granularity_diagram(expansion: int = 4, granularities: Sequence[int] = (1, 2
     token uses (G of them, an example choice) are coloured, and always add up to one dense FFN's width.
     """
     check_int("expansion", expansion, low=1, high=16)
+    for granularity in granularities:
+        check_int("granularities", granularity, low=0)
     figure = go.Figure()
     rows = [0, *granularities]  # row 0: the dense FFN
     for row, granularity in enumerate(rows):

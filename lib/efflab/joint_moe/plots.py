@@ -30,6 +30,7 @@ from efflab.ui.plots import PALETTE, TEMPLATE, style_figure
 from efflab.ui.scaling_plots import curves_with_law
 from efflab.ui.widgets import Playground, dropdown, slider
 from efflab.ui.widgets import playground as widgets_playground
+from efflab.validation import check_choice
 
 EXPLORER_EXPERTS = (1, 2, 4, 8, 16, 32, 64)  # 64 lies beyond the paper's runs: an extrapolation
 FLOPS_GRID = tuple(float(f) for f in np.logspace(19, 25, 25))
@@ -116,6 +117,8 @@ def loss_vs_experts(
 ) -> go.Figure:
     """The best loss each number of experts reaches at a compute budget: with compute alone (dashed) and when the
     model must also fit ``memory_gb`` (solid). Without memory, more experts always win; memory bends the curve."""
+    if selected is not None:
+        check_choice("selected", selected, EXPLORER_EXPERTS)
     figure = go.Figure()
     _add_loss_vs_experts(figure, None, None, flops, memory_gb, kv_tokens, inference_tokens, selected, law)
     return style_figure(figure, f"Best loss by number of experts at F = {flops:.1e} FLOPs", "experts E", "loss")
@@ -254,6 +257,7 @@ def explorer_figure(
     """The explorer's view: loss by number of experts at your budgets (top left), each E against dense across
     compute at your memory (top right), the best E over every compute x memory pair (bottom), and a summary of
     the model your E would be."""
+    check_choice("experts", experts, EXPLORER_EXPERTS)
     figure = make_subplots(
         rows=2,
         cols=2,
