@@ -248,7 +248,7 @@ FIT_NAMES = ("a", "alpha", "b", "beta", "c")
     seed=st.one_of(st.integers(-2, 2**40), BAD),
     huber_delta=sane(1e-4, 1.0),
     tolerance=st.one_of(st.floats(1e-12, 1e-4), BAD),
-    fixed=st.dictionaries(st.sampled_from([*FIT_NAMES, "g"]), st.one_of(st.floats(0.01, 2.0), BAD), max_size=2),
+    fixed=st.dictionaries(st.sampled_from([*FIT_NAMES, "g"]), st.one_of(st.floats(-1.0, 4.0), BAD), max_size=2),
     start=st.one_of(
         st.none(),
         st.dictionaries(st.sampled_from(FIT_NAMES), st.one_of(st.floats(0.01, 2.0), BAD), max_size=5),
@@ -501,6 +501,7 @@ TINY_FORM = dict(
         (lambda: fit_law(CHINCHILLA_FORM, {"N": N * math.inf, "D": D}, LOSSES), "features"),
         (lambda: fit_law(CHINCHILLA_FORM, {"N": N.reshape(2, 4), "D": D.reshape(2, 4)}, LOSSES), "features"),
         (lambda: fit_law(CHINCHILLA_FORM, {"N": N, "D": D}, LOSSES, fixed={"alpha": math.inf}), "fixed"),
+        (lambda: fit_law(CHINCHILLA_FORM, {"N": N, "D": D}, LOSSES, fixed={"alpha": -1.0}), "fixed"),
         (lambda: fit_law(CHINCHILLA_FORM, {"N": N, "D": D}, LOSSES, starts=[{"alpha": 0.3}]), "starts"),
         (lambda: fit_law(CHINCHILLA_FORM, {"N": N, "D": D}, LOSSES, starts=[{"a": math.nan}]), "starts"),
         (lambda: compare_with_paper(0.1, 0.3, 0.2, factor=0), "factor"),

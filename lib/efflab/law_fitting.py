@@ -192,6 +192,15 @@ def fit_law(
     if not np.all(np.isfinite(observed) & (observed > 0)):
         raise ValueError("losses contains values that are not finite and > 0; expected positive losses")
     fixed_theta = form.to_fit_space({} if fixed is None else fixed)
+    for name, value in fixed_theta.items():
+        low, high = form.bounds[name]
+        if not low <= value <= high:
+            natural = form.natural_name(name)
+            span = [form.to_natural({name: bound})[natural] for bound in (low, high)]
+            raise ValueError(
+                f"fixed[{natural!r}]={fixed[natural]!r} is not allowed; expected a value within the "
+                f"{form.name} law's bounds, [{span[0]:.3g}, {span[1]:.3g}]"
+            )
     free = [name for name in form.parameters if name not in fixed_theta]
     if n_points < len(free):
         raise ValueError(f"{n_points} runs cannot fit {len(free)} free coefficients; expected at least as many")
