@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from efflab.data.digits import SPLIT_NAMES, load_digit_images, split_indices
+from efflab.data.digits import SPLIT_NAMES, check_labels, load_digit_images, split_indices
 from efflab.validation import check_choice, check_int, check_seed
 
 
@@ -36,6 +36,18 @@ class Canvases:
     x: Tensor
     y: Tensor
     positions: Tensor
+
+    def __post_init__(self):
+        shape = tuple(getattr(self.x, "shape", ()))
+        if not isinstance(self.x, Tensor) or len(shape) != 4 or shape[1] != 1 or shape[2] != shape[3]:
+            raise ValueError(f"x with shape {shape} is not allowed; expected canvases (N, 1, S, S)")
+        check_pixels("x", self.x)
+        check_labels("y", self.y, count=len(self.x))
+        corners = self.positions
+        if not isinstance(corners, Tensor) or corners.shape != (len(self.x), 2) or corners.is_floating_point():
+            raise ValueError(f"positions={corners!r} is not allowed; expected integer corners ({len(self.x)}, 2)")
+        if len(corners) and (corners.min() < 0 or corners.max() >= shape[-1]):
+            raise ValueError(f"positions outside [0, {shape[-1]}) are not allowed; expected corners on the canvas")
 
     def __len__(self) -> int:
         return len(self.y)
@@ -74,21 +86,22 @@ def paste_max(canvases: Tensor, patches: Tensor, top_left: Tensor) -> Tensor:
     return flat_canvases.reshape(n_samples, size, size)
 
 
-def _check_inputs(images: Tensor, labels: Tensor) -> None:
+def check_pixels(name: str, images: Tensor) -> None:
+    """Raise a ValueError unless every pixel of ``images`` lies in [0, 1] (NaN does not)."""
+    if images.numel() and not ((images >= 0) & (images <= 1)).all():
+        raise ValueError(
+            f"{name} with values in [{images.min():.3g}, {images.max():.3g}] (or NaN) are not allowed; "
+            "expected pixels in [0, 1] (raw intensities, before normalisation)"
+        )
+
+
+def _check_inputs(images: Tensor, labels) -> None:
     if images.ndim != 3 or images.shape[1] != images.shape[2] or len(images) == 0:
         raise ValueError(
             f"images with shape {tuple(images.shape)} are not allowed; expected (N, D, D) with N >= 1"
         )
-    if images.min() < 0 or images.max() > 1:
-        raise ValueError(
-            f"images with values in [{images.min():.3g}, {images.max():.3g}] are not allowed; "
-            "expected pixels in [0, 1] (raw intensities, before normalisation)"
-        )
-    if labels.shape != (len(images),):
-        raise ValueError(
-            f"labels with shape {tuple(labels.shape)} are not allowed; expected ({len(images)},), "
-            "one label per image"
-        )
+    check_pixels("images", images)
+    check_labels("labels", labels, count=len(images))
 
 
 def make_canvases(
@@ -108,8 +121,8 @@ def make_canvases(
     the *expected* clutter is a little less than ``n_fragments`` visible pieces.
     """
     images = torch.as_tensor(images, dtype=torch.float32)
-    labels = torch.as_tensor(labels, dtype=torch.int64)
     _check_inputs(images, labels)
+    labels = torch.as_tensor(labels, dtype=torch.int64)
     digit_size = images.shape[-1]
     check_int("canvas_size", canvas_size, low=digit_size)
     check_int("n_fragments", n_fragments, low=0)

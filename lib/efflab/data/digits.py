@@ -42,6 +42,11 @@ class Split:
     x: Tensor
     y: Tensor
 
+    def __post_init__(self):
+        if not isinstance(self.x, Tensor) or self.x.ndim < 2:
+            raise ValueError(f"x={self.x!r} is not allowed; expected an image tensor (N, ...)")
+        check_labels("y", self.y, count=len(self.x), num_classes=None)
+
     def __len__(self) -> int:
         return len(self.y)
 
@@ -59,6 +64,27 @@ class Digits:
     test: Split
     mean: float
     std: float
+
+
+def check_labels(name: str, labels, *, count: int | None = None, num_classes: int | None = N_CLASSES) -> None:
+    """Raise a ValueError unless ``labels`` is a 1-D tensor or array of integer class indices, ``count`` of them
+    (when given), each in [0, num_classes) (or just >= 0 with ``num_classes=None``)."""
+    if isinstance(labels, Tensor):
+        integral = not (labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool)
+    else:
+        labels = np.asarray(labels)
+        integral = labels.dtype.kind in "iu"
+    if not integral:
+        raise ValueError(f"{name} with dtype {labels.dtype} is not allowed; expected integer class indices")
+    if labels.ndim != 1 or (count is not None and len(labels) != count):
+        expected = "N" if count is None else count
+        raise ValueError(f"{name} with shape {tuple(labels.shape)} is not allowed; expected ({expected},)")
+    if len(labels) == 0:
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or (num_classes is not None and high >= num_classes):
+        allowed = ">= 0" if num_classes is None else f"in [0, {num_classes})"
+        raise ValueError(f"{name} with values in [{low}, {high}] is not allowed; expected class indices {allowed}")
 
 
 def digits_file() -> Path:
@@ -95,6 +121,7 @@ def split_indices(
     run, divided by the run's length, is a number in [0, 1) that is uniform within every class; thresholding it at
     ``test_fraction`` and ``test_fraction + val_fraction`` cuts every class in the same proportions.
     """
+    check_labels("labels", labels, num_classes=None)
     check_seed(seed)
     check_fraction("val_fraction", val_fraction)
     check_fraction("test_fraction", test_fraction)
@@ -157,6 +184,8 @@ def load_digits(seed: int = 0, val_fraction: float = 0.15, test_fraction: float 
 
 
 def _check_batching(split: Split, batch_size: int, seed: int) -> None:
+    if not isinstance(split, Split):
+        raise ValueError(f"split={split!r} is not allowed; expected a Split")
     check_int("batch_size", batch_size, low=1)
     check_seed(seed)
     if len(split) == 0:

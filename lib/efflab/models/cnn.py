@@ -35,6 +35,12 @@ class CNNConfig:
     kernel_size: int = 3  # odd, so that "same" padding is symmetric
 
     def __post_init__(self):
+        if isinstance(self.widths, list):
+            self.widths = tuple(self.widths)
+        self.check()
+
+    def check(self) -> None:
+        """Raise a ValueError naming the first bad field; :class:`CNN` checks again, as a config is mutable."""
         check_int("in_channels", self.in_channels, low=1)
         check_int("num_classes", self.num_classes, low=2)
         check_int("image_size", self.image_size, low=1)
@@ -42,9 +48,8 @@ class CNNConfig:
         check_int("kernel_size", self.kernel_size, low=1)
         if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size={self.kernel_size!r} is not allowed; expected an odd integer")
-        self.widths = tuple(self.widths)
-        if not self.widths:
-            raise ValueError("widths=() is not allowed; expected at least one conv block width")
+        if not isinstance(self.widths, tuple) or not self.widths:
+            raise ValueError(f"widths={self.widths!r} is not allowed; expected a tuple of conv block widths")
         for i, width in enumerate(self.widths):
             check_int(f"widths[{i}]", width, low=1)
 
@@ -79,6 +84,9 @@ class CNN(nn.Module):
 
     def __init__(self, config: CNNConfig):
         super().__init__()
+        if not isinstance(config, CNNConfig):
+            raise ValueError(f"config={config!r} is not allowed; expected a CNNConfig")
+        config.check()
         self.config = config
         blocks, channels = [], config.in_channels
         for width, pool in zip(config.widths, config.pools(), strict=True):
@@ -106,4 +114,10 @@ class CNN(nn.Module):
         return self.config.depth
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        channels, size = self.config.in_channels, self.config.image_size
+        if images.ndim != 4 or tuple(images.shape[1:]) != (channels, size, size):
+            raise ValueError(
+                f"images with shape {tuple(images.shape)} are not allowed; "
+                f"expected (B, {channels}, {size}, {size})"
+            )
         return self.classifier(self.features(images))
