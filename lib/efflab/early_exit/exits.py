@@ -67,7 +67,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from efflab.data.digits import check_labels
 from efflab.flops import module_forward_flops
+from efflab.models.cnn import CNN
 from efflab.timing import interleaved_times, median_times
 from efflab.train import TrainConfig, cross_entropy, fit, lr_factor, make_optimizer
 from efflab.validation import check_choice, check_fraction, check_int, check_positive
@@ -262,6 +264,8 @@ def attach_to_cnn(cnn: nn.Module, place_at: Sequence[int] | None = None, pool_si
     By default a head follows every block but the last, whose output feeds the CNN's own classifier (the last
     exit). The heads' input sizes are read from a forward pass of a blank image.
     """
+    if not isinstance(cnn, CNN):
+        raise ValueError(f"cnn={type(cnn).__name__} is not allowed; expected an efflab.models.cnn.CNN")
     config = cnn.config
     stages = list(cnn.features)
     place_at = tuple(range(len(stages) - 1)) if place_at is None else tuple(place_at)
@@ -408,7 +412,7 @@ def run_phase(
     (:func:`train_heads_early_stopping`).
     """
     config = schedule.train_config(phase)
-    description = description or phase.trains
+    description = phase.trains if description is None else description
     if phase.trains == "backbone":
         network.unfreeze_backbone()
         return fit(
@@ -451,11 +455,27 @@ class HeadStopping:
 @torch.no_grad()
 def head_accuracies(network: EarlyExitNetwork, x: Tensor, y: Tensor) -> list[float]:
     """Validation accuracy of every internal head (not the final exit), in eval mode."""
+    check_inputs(x)
     was_training = network.training
     network.eval()
     logits = network.forward_until(x, network.num_exits - 2) if network.heads else []
     network.train(was_training)
+    check_labels("y", y, count=len(x), num_classes=logits[0].shape[-1] if logits else None)
     return [float((head.argmax(-1) == y).float().mean()) for head in logits]
+
+
+def check_inputs(x, name: str = "x") -> None:
+    if not isinstance(x, Tensor) or x.ndim < 2 or len(x) == 0:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{name} with shape {shape} is not allowed; expected a batch tensor (N >= 1, ...)")
+
+
+def check_batch(name: str, batch) -> None:
+    """A batch is a pair (x, y): inputs (N, ...) and N integer labels."""
+    if not isinstance(batch, tuple | list) or len(batch) != 2:
+        raise ValueError(f"{name} of type {type(batch).__name__} is not allowed; expected a pair (x, y)")
+    check_inputs(batch[0], f"{name}[0]")
+    check_labels(f"{name}[1]", batch[1], count=len(batch[0]), num_classes=None)
 
 
 def train_heads_early_stopping(
@@ -482,6 +502,7 @@ def train_heads_early_stopping(
     """
     check_int("check_every", check_every, low=1)
     check_int("patience", patience, low=1)
+    check_batch("validation", validation)
     network.freeze_backbone()
     heads = list(network.heads)
     device = next(network.parameters()).device
@@ -569,14 +590,16 @@ def train_regime(
     heads phase, ``history.attrs["stopping"]`` holds its :class:`HeadStopping`.
     """
     phases = schedule.phases(regime)
+    if any(phase.trains == "heads" for phase in phases):
+        if validation is None:
+            raise ValueError("validation=None is not allowed for a heads phase; expected (x, y) to stop on")
+        check_batch("validation", validation)
     histories, stopping = [], None
     for index, phase in enumerate(phases):
         number = {"backbone": 1, "joint": 2, "heads": 3}[phase.trains]
         if number == 1 and skip_backbone:
             continue
         if number == 3:
-            if validation is None:
-                raise ValueError("validation=None is not allowed for a heads phase; expected (x, y) to stop on")
             history, stopping = train_heads_early_stopping(
                 network,
                 batches(index),
@@ -608,7 +631,7 @@ def check_rule(rule) -> None:
 def check_threshold(threshold, rule: str = "confidence") -> None:
     """A threshold is a number >= 0 (for confidence, anything >= 1 means "never exit early")."""
     check_rule(rule)
-    ok = isinstance(threshold, int | float | np.floating) and not isinstance(threshold, bool)
+    ok = isinstance(threshold, int | float | np.integer | np.floating) and not isinstance(threshold, bool)
     if not ok or math.isnan(threshold) or threshold < 0:
         unit = "a confidence (max softmax probability)" if rule == "confidence" else "an entropy in nats"
         raise ValueError(f"threshold={threshold!r} is not allowed; expected {unit}: a number >= 0")
@@ -616,7 +639,10 @@ def check_threshold(threshold, rule: str = "confidence") -> None:
 
 def exit_mask(logits: Tensor, threshold: float, rule: str = "confidence") -> Tensor:
     """Which rows of ``logits`` (..., C) are confident enough to exit: max p > t, or entropy(p) < t (strict)."""
-    check_rule(rule)
+    check_threshold(threshold, rule)
+    if not isinstance(logits, Tensor) or logits.ndim == 0 or logits.shape[-1] == 0:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(f"logits with shape {shape} are not allowed; expected a tensor (..., C) with C >= 1")
     probabilities = logits.softmax(-1)
     if rule == "confidence":
         return probabilities.amax(-1) > threshold
@@ -629,10 +655,33 @@ def choose_exits(exit_logits: Tensor, threshold: float, rule: str = "confidence"
 
     The last exit always "passes": a sample no internal head is sure about takes the backbone's answer.
     """
-    check_threshold(threshold, rule)
+    check_exit_logits(exit_logits)
     passes = exit_mask(exit_logits, threshold, rule)
     passes[-1] = True
     return passes.int().argmax(0)  # argmax returns the first maximum: the earliest passing exit
+
+
+def check_exit_logits(exit_logits) -> None:
+    """Every exit's logits (H, N, C): at least one exit, one sample and two classes, all finite."""
+    if not isinstance(exit_logits, Tensor) or exit_logits.ndim != 3 or min(exit_logits.shape) == 0:
+        shape = tuple(exit_logits.shape) if isinstance(exit_logits, Tensor) else type(exit_logits).__name__
+        raise ValueError(f"exit_logits with shape {shape} is not allowed; expected a tensor (H, N, C)")
+    if not torch.isfinite(exit_logits).all():
+        raise ValueError("exit_logits with NaN or infinite entries are not allowed; expected finite logits")
+
+
+def check_costs(costs, num_exits: int, backbone_flops=None) -> None:
+    """One finite cost >= 0 per exit; the cost relative costs divide by (``backbone_flops``, by default the last
+    exit's) must be > 0."""
+    if not isinstance(costs, Sequence | np.ndarray) or len(costs) != num_exits:
+        raise ValueError(f"costs={costs!r} is not allowed; expected one cost per exit ({num_exits})")
+    values = np.asarray(costs)
+    if values.ndim != 1 or values.dtype.kind not in "iuf" or not (np.isfinite(values) & (values >= 0)).all():
+        raise ValueError(f"costs={list(costs)!r} is not allowed; expected finite FLOP counts >= 0")
+    if backbone_flops is None:
+        check_positive("costs[-1]", float(values[-1]))
+    else:
+        check_positive("backbone_flops", backbone_flops)
 
 
 def exit_costs(network: EarlyExitNetwork, example: Tensor) -> list[int]:
@@ -677,8 +726,9 @@ def evaluate_threshold(
     backbone_flops: float | None = None,
 ) -> ExitOutcome:
     """Simulate the exit rule on precomputed logits (H, N, C); cheap enough to call from a slider."""
-    if len(costs) != len(exit_logits):
-        raise ValueError(f"costs has {len(costs)} entries; expected one per exit ({len(exit_logits)})")
+    check_exit_logits(exit_logits)
+    check_labels("labels", labels, count=exit_logits.shape[1], num_classes=exit_logits.shape[2])
+    check_costs(costs, len(exit_logits), backbone_flops)
     exits = choose_exits(exit_logits, threshold, rule)
     predictions = exit_logits.argmax(-1).gather(0, exits[None]).squeeze(0)
     histogram = torch.bincount(exits.cpu(), minlength=len(costs)).numpy()
@@ -714,11 +764,13 @@ def cost_accuracy_curve(
     backbone_flops: float | None = None,
 ) -> pd.DataFrame:
     """One row per threshold: threshold, expected_flops, relative_cost, accuracy."""
-    thresholds = default_thresholds(rule) if thresholds is None else thresholds
+    thresholds = default_thresholds(rule) if thresholds is None else list(thresholds)
+    if len(thresholds) == 0:
+        raise ValueError("thresholds=[] is not allowed; expected at least one threshold")
     rows = []
     for threshold in thresholds:
         outcome = evaluate_threshold(
-            exit_logits, labels, costs, float(threshold), rule=rule, backbone_flops=backbone_flops
+            exit_logits, labels, costs, threshold, rule=rule, backbone_flops=backbone_flops
         )
         rows.append(
             dict(
@@ -737,17 +789,31 @@ def accuracy_within_budget(curve: pd.DataFrame, budgets: Iterable[float]) -> np.
     The rule (the authors' table script): take the curve point with the largest cost that does not exceed the
     budget, and report its accuracy, without interpolating. Ties in cost go to the later threshold of the sweep.
     """
+    budgets = check_budgets("budgets", budgets, allow_infinite=True)
+    if not isinstance(curve, pd.DataFrame) or not {"relative_cost", "accuracy"} <= set(curve.columns):
+        raise ValueError("curve is not allowed: expected a DataFrame with relative_cost and accuracy columns")
     ordered = curve.sort_values("relative_cost", kind="stable")
     cost, accuracy = ordered.relative_cost.to_numpy(), ordered.accuracy.to_numpy()
-    budgets = np.asarray(list(budgets), dtype=float)
     position = np.searchsorted(cost, budgets, side="right") - 1
     return np.where(position >= 0, accuracy[np.clip(position, 0, None)], np.nan)
 
 
 def accuracy_at_budgets(curve: pd.DataFrame, fractions: Sequence[float] = BUDGET_FRACTIONS) -> dict[str, float]:
     """The paper's table row: accuracy at 25, 50, 75 and 100 % of the backbone's cost, keyed "25%" etc."""
+    fractions = check_budgets("fractions", fractions)
     values = accuracy_within_budget(curve, fractions)
     return {f"{round(100 * f)}%": float(v) for f, v in zip(fractions, values, strict=True)}
+
+
+def check_budgets(name: str, budgets, *, allow_infinite: bool = False) -> np.ndarray:
+    """Relative-cost budgets as a float array: numbers >= 0, not NaN (infinity, "no limit", where allowed)."""
+    listed = list(budgets)
+    values = np.asarray(listed)
+    ok = values.ndim == 1 and values.dtype.kind in "iuf" and not np.isnan(values).any() and (values >= 0).all()
+    if not ok or not (allow_infinite or np.isfinite(values).all()):
+        kind = "numbers >= 0 (infinity allowed)" if allow_infinite else "finite numbers >= 0"
+        raise ValueError(f"{name}={listed!r} is not allowed; expected {kind}")
+    return values.astype(float)
 
 
 def area_under_curve(curve: pd.DataFrame, up_to: float = 1.0) -> float:
@@ -765,6 +831,7 @@ def area_under_curve(curve: pd.DataFrame, up_to: float = 1.0) -> float:
 def exit_logits_on(network: EarlyExitNetwork, x: Tensor, batch_size: int = 1024) -> Tensor:
     """All exits' logits (H, N, C) on ``x`` in eval mode, in chunks."""
     check_int("batch_size", batch_size, low=1)
+    check_inputs(x)
     network.eval()
     device = next(network.parameters()).device
     chunks = [network.exit_logits(x[i : i + batch_size].to(device)) for i in range(0, len(x), batch_size)]
@@ -797,6 +864,10 @@ def measure_speedup(
     leaves out (pooling, activations, memory traffic), which weighs most in the early, large maps.
     """
     check_int("repeats", repeats, low=1)
+    check_threshold(threshold, rule)
+    check_inputs(x)
+    if costs is not None:
+        check_costs(costs, network.num_exits)
     network.eval()
     example = x[:1]
     costs = exit_costs(network, example) if costs is None else costs
@@ -868,6 +939,8 @@ def numerical_rank(activations: Tensor, rtol: float = 1e-3) -> int:
     ample precision for a relative tolerance of 1e-3.
     """
     check_positive("rtol", rtol)
+    if not isinstance(activations, Tensor) or activations.ndim == 0 or not torch.isfinite(activations).all():
+        raise ValueError("activations is not allowed: expected a finite tensor (N, ...)")
     matrix = activations.reshape(len(activations), -1).double()
     matrix = matrix - matrix.mean(0, keepdim=True)
     gram = matrix.T @ matrix if matrix.shape[1] <= matrix.shape[0] else matrix @ matrix.T
@@ -884,6 +957,8 @@ def activation_ranks(network: EarlyExitNetwork, x: Tensor, rtol: float = 1e-3) -
     ``rank_fraction`` divides the rank by the most it could be, min(N - 1, dimension), so that blocks of
     different widths (and a sample count below some block's dimension) compare on one scale.
     """
+    check_positive("rtol", rtol)
+    check_inputs(x)
     network.eval()
     rows, hidden = [], x.to(next(network.parameters()).device)
     for index, stage in enumerate(network.stages):

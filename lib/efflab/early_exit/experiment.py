@@ -137,6 +137,8 @@ class EarlyExitBudget(Budget):
         check_int("layouts", self.layouts, low=1)
         check_int("rank_samples", self.rank_samples, low=2)
         check_positive("rank_rtol", self.rank_rtol)
+        if not isinstance(self.timing_thresholds, tuple):
+            raise ValueError(f"timing_thresholds={self.timing_thresholds!r} is not allowed; expected a tuple")
         for threshold in self.timing_thresholds:
             check_positive("timing_thresholds", threshold, allow_zero=True)
         check_int("timing_repeats", self.timing_repeats, low=1)
@@ -209,6 +211,7 @@ def load_study_data(budget: EarlyExitBudget, seed: int) -> Digits:
     one canvas per digit of their own split (:func:`efflab.data.canvas.load_canvases`). A worker process that
     runs several tasks of one seed builds the canvases once (the cache is per process).
     """
+    check_budget(budget)
     check_seed(seed)
     if budget.dataset == "digits":
         return load_digits(seed)
@@ -233,8 +236,15 @@ def load_study_data(budget: EarlyExitBudget, seed: int) -> Digits:
     return Digits(train=splits["train"], val=splits["val"], test=splits["test"], mean=mean, std=std)
 
 
+def check_budget(budget) -> None:
+    if not isinstance(budget, EarlyExitBudget):
+        raise ValueError(f"budget={budget!r} is not allowed; expected an EarlyExitBudget")
+
+
 def make_network(budget: EarlyExitBudget, seed: int, device: torch.device | str = "cpu") -> EarlyExitNetwork:
     """The seed's untrained network: the same initial weights for every regime and share of that seed."""
+    check_budget(budget)
+    check_seed(seed)
     seed_everything(seed)
     network = attach_to_cnn(CNN(budget.model_config()))
     return network.to(device=device, memory_format=torch.channels_last)
@@ -262,10 +272,15 @@ class TrainingTask:
     device: str = "cpu"
 
     def __post_init__(self):
+        check_budget(self.budget)
         if self.regime is not None:
             check_regime(self.regime)
         check_seed(self.seed)
         check_fraction("share", self.share, inclusive=True)
+        if self.regime is None and self.schedule.backbone_steps == 0:
+            raise ValueError(
+                f"share={self.share!r} is not allowed for a phase-1 task; expected a share giving phase 1 steps"
+            )
 
     @property
     def schedule(self) -> RegimeSchedule:
@@ -305,9 +320,6 @@ def train_task(task: TrainingTask) -> TrainedRun:
     seed_everything(task.seed)
     batches = _batches(data, budget, task.seed)
     if task.regime is None:
-        phases = schedule.phases("mixed")[:1]
-        if not phases or phases[0].trains != "backbone":
-            raise ValueError(f"share={task.share!r} is not allowed for a phase-1 task; expected a share above 0")
         history = train_regime(network, "mixed", replace(schedule, exit_steps=0), batches, progress=False)
         return TrainedRun(task.seed, None, task.share, _cpu_state(network), history)
     if task.start is not None:
@@ -499,6 +511,7 @@ class EarlyExitResult:
 
     def budget_grid(self, points: int = 101) -> np.ndarray:
         """Relative-cost budgets from 0 to just past the last exit's cost."""
+        check_int("points", points, low=2)
         return np.linspace(0.0, float(self.relative_costs[-1]) * 1.001, points)
 
     def budget_bands(self, grid: np.ndarray) -> dict[str, np.ndarray]:
@@ -562,6 +575,7 @@ class EarlyExitResult:
 
     def rank_bands(self, column: str = "rank_fraction") -> dict[str, np.ndarray]:
         """``column`` of :attr:`ranks` as (seeds, stages) per regime, for a band plot."""
+        check_choice("column", column, ("rank", "dimension", "rank_fraction"))
         table = self.ranks.pivot_table(index=["regime", "seed"], columns="stage", values=column)
         return {regime: table.loc[regime].to_numpy() for regime in self.regimes}
 
@@ -631,8 +645,7 @@ def _plain(value) -> float | None:
 
 def run_experiment(run: Run, budget: EarlyExitBudget, *, progress: bool | None = None) -> EarlyExitResult:
     """Train every regime and sweep point for ``budget.seeds`` seeds, score them, and time real early exits."""
-    if not isinstance(budget, EarlyExitBudget):
-        raise ValueError(f"budget={budget!r} is not allowed; expected an EarlyExitBudget")
+    check_budget(budget)
     seeds = seeds_for(run.seed, budget.seeds)
     device = run.device
     with Timer() as clock:
@@ -718,6 +731,9 @@ def _test_images(budget: EarlyExitBudget, seed: int) -> Tensor:
 def example_indices(exits: Tensor, per_exit: int, num_exits: int) -> list[list[int]]:
     """Up to ``per_exit`` sample indices leaving at each exit (the first ones in test order)."""
     check_int("per_exit", per_exit, low=1)
+    check_int("num_exits", num_exits, low=1)
+    if not isinstance(exits, Tensor) or exits.ndim != 1:
+        raise ValueError(f"exits={exits!r} is not allowed; expected a 1-D tensor of exit indices")
     return [torch.nonzero(exits == h).flatten()[:per_exit].tolist() for h in range(num_exits)]
 
 

@@ -17,6 +17,7 @@ from efflab.early_exit.exits import REGIMES, ExitOutcome
 from efflab.ui.plots import PALETTE, TEMPLATE, band_plot
 from efflab.ui.widgets import Playground, dropdown, slider
 from efflab.ui.widgets import playground as make_playground
+from efflab.validation import check_int
 
 PLAYGROUND_THRESHOLDS = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
 
@@ -189,6 +190,9 @@ def rank_figure(bands: Mapping[str, np.ndarray], dimensions: Sequence[int], samp
     """Numerical rank of each block's activations as a fraction of the most it could be, per regime, over
     seeds (``dimensions`` label the blocks). The title says, computed, whether the ``samples`` images the ranks
     were measured on outnumber every block's dimension, or which blocks they cap."""
+    if len(dimensions) == 0:
+        raise ValueError("dimensions=() is not allowed; expected one dimension per block")
+    check_int("samples", samples, low=1)
     labels = [f"block {s + 1} (D={d})" for s, d in enumerate(dimensions)]
     capped = [f"block {s + 1}" for s, d in enumerate(dimensions) if d >= samples]
     if capped:
@@ -308,6 +312,7 @@ def playground(result, examples_per_exit: int = 6) -> Playground:
     leave at each exit, read from the stored logits (nothing trains or runs here)."""
     from efflab.early_exit.experiment import example_indices  # the result's own helpers, no training
 
+    check_int("examples_per_exit", examples_per_exit, low=1)
     shares = list(result.budget.shares)
 
     def render(regime, share, seed, threshold):
