@@ -55,8 +55,14 @@ _LIST_MARKER = re.compile(r"^(\d+\.|\*|-|•)\s+")
 _UNDERLINE = re.compile(r"^[*=\-~^]{3,}$")
 
 
+def check_text(name: str, value) -> None:
+    if not isinstance(value, str):
+        raise ValueError(f"{name}={value!r:.80} is not allowed; expected a string")
+
+
 def paragraphs(text: str) -> list[str]:
     """The prose paragraphs of one text (step 1), each joined into a single line."""
+    check_text("text", text)
     kept = []
     for block in re.split(r"\n\s*\n", text):
         lines = [line for line in block.split("\n") if line.strip()]
@@ -68,6 +74,7 @@ def paragraphs(text: str) -> list[str]:
 
 def split_sentences(paragraph: str) -> list[str]:
     """Cut one paragraph into sentences (step 2), not after ``_ABBREVIATIONS``; runs of spaces become one."""
+    check_text("paragraph", paragraph)
     pieces = _SENTENCE_END.split(paragraph)
     sentences: list[str] = []
     for piece in pieces:
@@ -80,6 +87,7 @@ def split_sentences(paragraph: str) -> list[str]:
 
 def is_good_sentence(sentence: str) -> bool:
     """The length, shape and character filters of step 3 of the module docstring."""
+    check_text("sentence", sentence)
     words = sentence.split()
     if not (MIN_WORDS <= len(words) <= MAX_WORDS and MIN_CHARS <= len(sentence) <= MAX_CHARS):
         return False
@@ -114,6 +122,8 @@ def stdlib_docstrings() -> Iterator[str]:
 
 def extract_sentences(texts: Iterable[str]) -> dict[str, list[str]]:
     """Steps 1-3 of the module docstring over ``texts``, then the hash split into ``{"train", "heldout"}``."""
+    if isinstance(texts, str):
+        raise ValueError(f"texts={texts!r:.80} is not allowed; expected an iterable of texts, not one string")
     seen: set[str] = set()
     splits: dict[str, list[str]] = {split: [] for split in SPLITS}
     for text in texts:
@@ -148,6 +158,8 @@ def load_sentences(split: str, count: int, seed: int = 0) -> list[str]:
     """``count`` distinct sentences of ``split`` ("train" or "heldout"), in an order shuffled by ``seed``."""
     check_choice("split", split, SPLITS)
     pool = _all_sentences()[split]
+    if not pool:
+        raise ValueError(f"split={split!r} holds no sentences with this Python's help pages and docstrings")
     check_int("count", count, low=1, high=len(pool))
     check_seed(seed)
     order = np.random.default_rng(seed).permutation(len(pool))[:count]

@@ -152,6 +152,20 @@ class Layer(nn.Module):
         return self.ffn_norm(x + self.ffn(x))
 
 
+def check_ids(name: str, ids, size: int, shape: tuple | None = None) -> None:
+    """An integer (batch, seq) tensor of values in [0, size) (of ``shape`` when given).
+
+    The range is read on CPU tensors only: on a GPU it would wait for the device at every forward pass.
+    """
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.is_floating_point() or ids.is_complex():
+        given = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
+        raise ValueError(f"{name} has shape {given}; expected an integer tensor (batch, seq)")
+    if shape is not None and ids.shape != shape:
+        raise ValueError(f"{name} has shape {tuple(ids.shape)}; expected {tuple(shape)}, the shape of input_ids")
+    if ids.device.type == "cpu" and ids.numel() and not 0 <= int(ids.min()) <= int(ids.max()) < size:
+        raise ValueError(f"{name} holds values from {int(ids.min())} to {int(ids.max())}; expected [0, {size})")
+
+
 class MiniLM(nn.Module):
     """BERT encoder: ``model(input_ids, attention_mask)`` gives the last layer's token states ``(batch, seq, d)``.
 
@@ -172,17 +186,21 @@ class MiniLM(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if input_ids.ndim != 2:
-            raise ValueError(f"input_ids has shape {tuple(input_ids.shape)}; expected (batch, seq)")
-        if input_ids.shape[1] > self.config.max_positions:
+        config = self.config
+        check_ids("input_ids", input_ids, config.vocab_size)
+        if input_ids.shape[1] > config.max_positions:
             raise ValueError(
-                f"input_ids has {input_ids.shape[1]} positions; expected at most {self.config.max_positions}"
+                f"input_ids has {input_ids.shape[1]} positions; expected at most {config.max_positions}"
             )
-        if attention_mask is not None and attention_mask.shape != input_ids.shape:
-            raise ValueError(
-                f"attention_mask has shape {tuple(attention_mask.shape)}; expected {tuple(input_ids.shape)}, "
-                "the shape of input_ids"
-            )
+        if attention_mask is not None:
+            check_ids("attention_mask", attention_mask, 2, input_ids.shape)
+            # A sentence of padding only would attend to nothing: softmax over no key is NaN.
+            if attention_mask.device.type == "cpu" and not attention_mask.any(1).all():
+                raise ValueError(
+                    "attention_mask has a row of zeros; expected at least one real token per sentence"
+                )
+        if token_type_ids is not None:
+            check_ids("token_type_ids", token_type_ids, config.type_vocab_size, input_ids.shape)
         x = self.embeddings(input_ids, token_type_ids)
         for layer in self.layers:
             x = layer(x, attention_mask)
@@ -275,7 +293,8 @@ def load_minilm(device: str | torch.device = "cpu") -> MiniLM:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _check_sentences(sentences) -> list[str]:
+def check_sentences(sentences) -> list[str]:
+    """``sentences`` as a list; a ValueError unless it is a non-empty sequence of strings (not one string)."""
     if isinstance(sentences, str) or not isinstance(sentences, Sequence):
         raise ValueError(f"sentences={sentences!r:.80} is not allowed; expected a list of strings")
     if len(sentences) == 0:
@@ -305,7 +324,7 @@ class MiniLMTokenizer:
         self.tokenizer.enable_padding(pad_id=PAD_ID, pad_token="[PAD]")
 
     def __call__(self, sentences: Sequence[str]) -> dict[str, torch.Tensor]:
-        encodings = self.tokenizer.encode_batch(_check_sentences(sentences))
+        encodings = self.tokenizer.encode_batch(check_sentences(sentences))
         return {
             "input_ids": torch.tensor([e.ids for e in encodings], dtype=torch.long),
             "attention_mask": torch.tensor([e.attention_mask for e in encodings], dtype=torch.long),
@@ -313,7 +332,7 @@ class MiniLMTokenizer:
 
     def tokens(self, sentence: str) -> list[str]:
         """The WordPiece tokens of one sentence, special tokens included (for display)."""
-        return self.tokenizer.encode(_check_sentences([sentence])[0]).tokens
+        return self.tokenizer.encode(check_sentences([sentence])[0]).tokens
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids))
@@ -321,6 +340,12 @@ class MiniLMTokenizer:
 
 def mean_pool(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """``sum_i m_i h_i / sum_i m_i``: the mean token state over the real tokens, shape ``(batch, d)``."""
+    if not isinstance(states, torch.Tensor) or states.dim() != 3 or not states.is_floating_point():
+        shape = tuple(states.shape) if isinstance(states, torch.Tensor) else type(states).__name__
+        raise ValueError(f"states has shape {shape}; expected a floating tensor (batch, seq, d)")
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != states.shape[:2]:
+        shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else "not a tensor"
+        raise ValueError(f"attention_mask has shape {shape}; expected {tuple(states.shape[:2])}, (batch, seq)")
     weights = attention_mask.to(states.dtype).unsqueeze(-1)
     return (states * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
 
@@ -338,7 +363,7 @@ def sentence_embeddings(
     Runs on the model's device without gradients. Sentences are batched in order of length (less padding; the
     result does not depend on the batching) and returned in the input order.
     """
-    sentences = _check_sentences(sentences)
+    sentences = check_sentences(sentences)
     check_int("batch_size", batch_size, low=1)
     device = next(model.parameters()).device
     order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))

@@ -230,8 +230,17 @@ def check_logits(logits, dims: int) -> None:
         raise ValueError("logits contains NaN or infinity; expected finite router scores")
 
 
+def check_capacity_arguments(tokens_name: str, n_tokens, top_k, n_experts, capacity_factor) -> None:
+    """The sizes behind an expert's capacity: ints >= 1 with ``top_k <= n_experts``, a finite factor > 0."""
+    check_int(tokens_name, n_tokens, low=1)
+    check_int("n_experts", n_experts, low=1)
+    check_int("top_k", top_k, low=1, high=n_experts)
+    check_positive("capacity_factor", capacity_factor)
+
+
 def token_choice_capacity(n_tokens: int, top_k: int, n_experts: int, capacity_factor: float) -> int:
     """Tokens one expert may take: ``ceil(capacity_factor * n_tokens * top_k / n_experts)``, in [1, n_tokens]."""
+    check_capacity_arguments("n_tokens", n_tokens, top_k, n_experts, capacity_factor)
     return max(1, min(n_tokens, math.ceil(capacity_factor * n_tokens * top_k / n_experts)))
 
 
@@ -296,6 +305,7 @@ def route_token_choice(
 
 def expert_choice_capacity(group: int, top_k: int, n_experts: int, capacity_factor: float = 1.0) -> int:
     """Tokens each expert picks from a group: ``round(capacity_factor * group * top_k / n_experts)``, >= 1."""
+    check_capacity_arguments("group", group, top_k, n_experts, capacity_factor)
     return max(1, min(group, round(capacity_factor * group * top_k / n_experts)))
 
 
@@ -350,18 +360,29 @@ def route_expert_choice(
     )
 
 
+def check_routing(routing) -> None:
+    if not isinstance(routing, Routing):
+        raise ValueError(
+            f"routing={routing!r:.80} is not allowed; expected a Routing from route_token_choice or similar"
+        )
+
+
 def load_balancing_loss(routing: Routing) -> Tensor:
     """Switch Transformer's balance loss: ``n_experts * sum_e f_e * P_e``, equal to 1 when the load is even.
 
     f_e is the fraction of assignments routed to expert e (before any cap; a count, so no gradient) and P_e the
     mean router probability of e; the gradient flows through P_e and lowers the probability of busy experts.
     """
+    check_routing(routing)
     fraction = routing.routed_counts.to(routing.probabilities.dtype) / routing.routed_counts.sum()
     return routing.n_experts * (fraction * routing.probabilities.mean(dim=0)).sum()
 
 
 def router_z_loss(logits: Tensor) -> Tensor:
     """ST-MoE's z-loss: the mean squared log-partition ``logsumexp(logits)^2``, which keeps the logits small."""
+    if not isinstance(logits, Tensor) or not logits.is_floating_point() or logits.dim() < 1 or logits.numel() == 0:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(f"logits has shape {shape}; expected a non-empty floating tensor (..., n_experts)")
     return logits.logsumexp(dim=-1).square().mean()
 
 
@@ -392,10 +413,13 @@ class RouterStats:
 
 def experts_per_token(routing: Routing) -> Tensor:
     """How many experts processed each token: top_k for dropless token choice, anything for expert choice."""
+    check_routing(routing)
     return torch.bincount(routing.token_index, minlength=routing.n_tokens)
 
 
 def router_stats(routing: Routing) -> RouterStats:
+    """:class:`RouterStats` of one routing."""
+    check_routing(routing)
     with torch.no_grad():
         counts = routing.counts.double()
         load = (counts / counts.sum().clamp(min=1)).float().cpu()
@@ -452,8 +476,17 @@ def _rows_by_slot(rows: Tensor, slot_position: Tensor, dropless: bool) -> Tensor
     return rows.index_select(0, slot_position)
 
 
+def check_rows(name: str, rows, count: int) -> None:
+    """A floating (count, d_model) tensor: the tokens of a routing, or one output row per assignment."""
+    if not isinstance(rows, Tensor) or not rows.is_floating_point() or rows.dim() != 2 or len(rows) != count:
+        shape = tuple(rows.shape) if isinstance(rows, Tensor) else type(rows).__name__
+        raise ValueError(f"{name} has shape {shape}; expected a floating tensor ({count}, d_model)")
+
+
 def dispatch(x: Tensor, routing: Routing) -> Tensor:
     """The tokens of every assignment, in expert-sorted order: (assignments, d_model)."""
+    check_routing(routing)
+    check_rows("x", x, routing.n_tokens)
     if routing.slot_position is None:
         return x.index_select(0, routing.token_index)
     return _DispatchRows.apply(x, routing.token_index, routing.slot_position, routing.top_k, routing.dropless)
@@ -466,6 +499,8 @@ def combine(rows: Tensor, routing: Routing) -> Tensor:
     product, (1 x k) gates times (k x d) outputs per token; expert choice, where a token has any number of
     outputs, scatter-adds them.
     """
+    check_routing(routing)
+    check_rows("rows", rows, len(routing.token_index))
     if routing.slot_position is None:
         weighted = rows * routing.gates.to(rows.dtype).unsqueeze(1)
         return weighted.new_zeros(routing.n_tokens, rows.shape[1]).index_add(0, routing.token_index, weighted)
@@ -493,11 +528,16 @@ def default_path(config: MoEConfig, device) -> str:
     * a CPU: the loop for token choice up to :data:`CPU_LOOP_MAX_EXPERTS` experts (small products run well on a
       CPU, and the loop skips the sort and the gathers), ``"grouped"`` beyond; ``"padded"`` for expert choice.
     """
+    if not isinstance(config, MoEConfig):
+        raise ValueError(f"config={config!r:.80} is not allowed; expected an MoEConfig")
     if config.implementation != "auto":
         return config.implementation
     if config.routing == "expert_choice":
         return "padded"
-    on_cpu = torch.device(device).type == "cpu"
+    try:
+        on_cpu = torch.device(device).type == "cpu"
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device={device!r} is not allowed; expected a torch device such as 'cpu'") from error
     return "loop" if on_cpu and config.n_experts <= CPU_LOOP_MAX_EXPERTS else "grouped"
 
 
@@ -562,6 +602,20 @@ def grouped_matmul(rows: Tensor, weight: Tensor, counts: Tensor, *, kernel: str 
     loop over slices, ``"auto"`` the first when :func:`grouped_mm_available` says it works.
     """
     check_choice("kernel", kernel, GROUPED_KERNELS)
+    if not isinstance(weight, Tensor) or weight.dim() != 3:
+        shape = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
+        raise ValueError(f"weight has shape {shape}; expected (n_experts, in_features, out_features)")
+    if not isinstance(rows, Tensor) or rows.dim() != 2 or rows.shape[1] != weight.shape[1]:
+        shape = tuple(rows.shape) if isinstance(rows, Tensor) else type(rows).__name__
+        raise ValueError(f"rows has shape {shape}; expected (rows, in_features={weight.shape[1]})")
+    ok = isinstance(counts, Tensor) and counts.shape == (weight.shape[0],) and not counts.is_floating_point()
+    # The sum is read on CPU tensors only: on a GPU it would stop the device at every layer of every step.
+    on_cpu = ok and counts.device.type == "cpu"
+    if not ok or (on_cpu and (int(counts.sum()) != len(rows) or bool((counts < 0).any()))):
+        raise ValueError(
+            f"counts={counts!r:.80} is not allowed; expected {weight.shape[0]} non-negative integer counts "
+            f"summing to the {len(rows)} rows"
+        )
     use_torch = kernel == "torch" or (
         kernel == "auto" and grouped_mm_available(rows.device, rows.dtype, weight.shape[1], weight.shape[2])
     )
@@ -586,6 +640,8 @@ class MoEFeedForward(nn.Module):
 
     def __init__(self, config: MoEConfig):
         super().__init__()
+        if not isinstance(config, MoEConfig):
+            raise ValueError(f"config={config!r:.80} is not allowed; expected an MoEConfig")
         self.config = config
         n, d, width = config.n_experts, config.d_model, config.expert_width
         self.router = nn.Linear(d, n, bias=False)
@@ -610,7 +666,7 @@ class MoEFeedForward(nn.Module):
             return route_expert_choice(
                 logits,
                 config.top_k,
-                capacity_factor=config.capacity_factor or 1.0,
+                capacity_factor=1.0 if config.capacity_factor is None else config.capacity_factor,
                 group_size=config.group_size,
             )
         return route_token_choice(
@@ -621,8 +677,12 @@ class MoEFeedForward(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.shape[-1] != self.config.d_model:
-            raise ValueError(f"x has shape {tuple(x.shape)}; expected (..., d_model={self.config.d_model})")
+        ok = isinstance(x, Tensor) and x.is_floating_point() and x.dim() >= 1
+        if not ok or x.shape[-1] != self.config.d_model:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(
+                f"x has shape {shape}; expected a floating tensor (..., d_model={self.config.d_model})"
+            )
         routing = self.route(x)
         tokens = x.reshape(-1, x.shape[-1])
         run = {"loop": self._run_loop, "padded": self._run_padded, "grouped": self._run_grouped}
@@ -698,6 +758,10 @@ def moe_ffn(**options) -> Callable[[GPTConfig, int], MoEFeedForward]:
     for name in ("d_model", "d_ff"):
         if name in options:
             raise ValueError(f"{name}={options[name]!r} is not allowed here; it comes from the model's GPTConfig")
+    known = [f.name for f in fields(MoEConfig) if f.name not in ("d_model", "d_ff")]
+    for name in options:
+        if name not in known:
+            raise ValueError(f"{name}={options[name]!r} is not allowed; expected MoEConfig fields, one of {known}")
     granularity = options.get("granularity", 1)
     valid_width = granularity if isinstance(granularity, int) and granularity > 0 else 1
     template = MoEConfig(d_model=1, d_ff=valid_width, **options)  # validates the options now, not at build time

@@ -86,6 +86,13 @@ def make_activation(name: str) -> nn.Module:
 
 def patchify(images: Tensor, patch_size: int) -> Tensor:
     """(B, C, H, W) -> (B, T, C * p * p): patches in row-major order, each flattened channel-first."""
+    check_int("patch_size", patch_size, low=1)
+    ok = isinstance(images, Tensor) and images.dim() == 4
+    if not ok or images.shape[2] % patch_size or images.shape[3] % patch_size:
+        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(
+            f"images has shape {shape}; expected (B, C, H, W) with H and W multiples of patch_size={patch_size}"
+        )
     batch, channels, height, width = images.shape
     p = patch_size
     patches = images.reshape(batch, channels, height // p, p, width // p, p)
@@ -144,7 +151,9 @@ class ViT(nn.Module):
 
     def __init__(self, config: ViTConfig | None = None):
         super().__init__()
-        self.config = config or ViTConfig()
+        if config is not None and not isinstance(config, ViTConfig):
+            raise ValueError(f"config={config!r} is not allowed; expected a ViTConfig or None")
+        self.config = ViTConfig() if config is None else config
         c = self.config
         self.patch_embedding = nn.Linear(c.patch_dim, c.d_model)
         self.position = nn.Parameter(torch.randn(1, c.n_tokens, c.d_model) * 0.02)
@@ -155,11 +164,16 @@ class ViT(nn.Module):
     def embed(self, images: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, T, d_model) patch tokens with their positions."""
         c = self.config
-        if images.shape[1:] != (c.channels, c.image_size, c.image_size):
+        ok = isinstance(images, Tensor) and images.is_floating_point() and images.dim() == 4
+        if not ok or images.shape[1:] != (c.channels, c.image_size, c.image_size):
+            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
             raise ValueError(
-                f"images of shape {tuple(images.shape)} are not allowed; expected (B, {c.channels}, "
+                f"images of shape {shape} are not allowed; expected floating (B, {c.channels}, "
                 f"{c.image_size}, {c.image_size})"
             )
+        # On a GPU the check would wait for the device at every step; a diverged run shows in its loss anyway.
+        if images.device.type == "cpu" and not torch.isfinite(images).all():
+            raise ValueError("images contains NaN or infinity; expected finite pixel values")
         return self.patch_embedding(patchify(images, c.patch_size)) + self.position
 
     def tokens(self, images: Tensor) -> Tensor:
