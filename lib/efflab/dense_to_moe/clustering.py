@@ -39,15 +39,24 @@ from torch import Tensor
 from efflab.validation import check_int, check_seed
 
 
-def check_expert_count(d_ff: int, n_experts) -> int:
-    """The expert size d_ff / E; a ValueError unless E is an integer in [1, d_ff] that divides d_ff."""
-    check_int("n_experts", n_experts, low=1, high=d_ff)
+def check_expert_count(d_ff: int, n_experts, name: str = "n_experts") -> int:
+    """The expert size d_ff / E; a ValueError naming ``name`` unless E is an integer in [1, d_ff] dividing d_ff."""
+    check_int(name, n_experts, low=1, high=d_ff)
     if d_ff % n_experts:
         raise ValueError(
-            f"n_experts={n_experts!r} is not allowed; expected a divisor of the FFN width d_ff={d_ff} "
+            f"{name}={n_experts!r} is not allowed; expected a divisor of the FFN width d_ff={d_ff} "
             "so that every expert gets the same number of neurons"
         )
     return d_ff // n_experts
+
+
+def check_points(name: str, points: np.ndarray, width: int | None = None) -> None:
+    """A finite float matrix (rows, width) with at least one row: normalised W1 rows or centroids."""
+    ok = isinstance(points, np.ndarray) and points.ndim == 2 and len(points) > 0 and points.dtype.kind == "f"
+    if not ok or (width is not None and points.shape[1] != width) or not np.isfinite(points).all():
+        shape = points.shape if isinstance(points, np.ndarray) else type(points).__name__
+        columns = "d_model" if width is None else width
+        raise ValueError(f"{name} has shape {shape}; expected a finite float array (rows >= 1, {columns})")
 
 
 def normalised_rows(weight: Tensor) -> np.ndarray:
@@ -64,8 +73,10 @@ def squared_distances(points: np.ndarray, centroids: np.ndarray) -> np.ndarray:
 
 def balanced_assignment(points: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Labels (d_ff,) minimising sum_i ||u_i - c_label(i)||^2 subject to d_ff / E points per centroid."""
+    check_points("points", points)
+    check_points("centroids", centroids, points.shape[1])
     n_points, n_clusters = len(points), len(centroids)
-    size = check_expert_count(n_points, n_clusters)
+    size = check_expert_count(n_points, n_clusters, "centroids")
     distances = squared_distances(points, centroids)  # (d_ff, E)
     slots = np.repeat(distances, size, axis=1)  # column e * size + j is slot j of centroid e
     rows, columns = linear_sum_assignment(slots)
@@ -92,6 +103,10 @@ def expert_permutation(labels: np.ndarray, n_experts: int) -> np.ndarray:
     """Neuron indices sorted by expert (stable: within an expert, by index); a ValueError if sizes differ."""
     labels = np.asarray(labels)
     size = check_expert_count(len(labels), n_experts)
+    if labels.ndim != 1 or labels.dtype.kind not in "iu" or labels.min() < 0 or labels.max() >= n_experts:
+        raise ValueError(
+            f"labels={labels!r:.80} is not allowed; expected integer expert indices in [0, {n_experts})"
+        )
     counts = np.bincount(labels, minlength=n_experts)
     if len(counts) != n_experts or (counts != size).any():
         raise ValueError(f"labels give experts of sizes {counts.tolist()}; expected {n_experts} experts of {size}")
@@ -101,6 +116,10 @@ def expert_permutation(labels: np.ndarray, n_experts: int) -> np.ndarray:
 def lloyd_codebook(points: np.ndarray, n_clusters: int, steps: int, seed: int) -> np.ndarray:
     """An unconstrained k-means codebook: random distinct points, then ``steps`` Lloyd steps (an emptied
     cluster keeps its previous centroid)."""
+    check_points("points", points)
+    check_int("n_clusters", n_clusters, low=1, high=len(points))
+    check_int("steps", steps, low=0)
+    check_seed(seed)
     rng = np.random.default_rng(seed)
     centroids = points[rng.choice(len(points), n_clusters, replace=False)].copy()
     for _ in range(steps):
@@ -115,6 +134,11 @@ def split_neurons(
 ) -> ExpertSplit:
     """Balanced k-means of the FFN's normalised W1 rows ``up_weight`` (d_ff, d_model) into ``n_experts``:
     a Lloyd codebook of ``codebook_steps`` steps, then ``iterations`` balanced rounds."""
+    if not isinstance(up_weight, Tensor) or up_weight.dim() != 2 or not up_weight.is_floating_point():
+        shape = tuple(up_weight.shape) if isinstance(up_weight, Tensor) else type(up_weight).__name__
+        raise ValueError(f"up_weight has shape {shape}; expected a floating tensor (d_ff, d_model)")
+    if not torch.isfinite(up_weight).all():
+        raise ValueError("up_weight contains NaN or infinity; expected finite FFN weights")
     d_ff = up_weight.shape[0]
     check_expert_count(d_ff, n_experts)
     check_int("iterations", iterations, low=1)

@@ -17,10 +17,11 @@ from efflab.dense_to_moe.sparsity import ffn_modules
 
 def moefy(model: nn.Module, n_experts: int, *, iterations: int = 3, seed: int = 0) -> list[ExpertSplit]:
     """Replace every FFN of ``model`` (in place) by its MoE-fied version; returns each layer's clustering."""
+    ffns = ffn_modules(model)
+    if any(isinstance(ffn, DynamicKMoE) for ffn in ffns):
+        raise ValueError("model is already converted; moefy expects dense FFNs")
     splits = []
-    for layer, ffn in zip(model.layers, ffn_modules(model), strict=True):
-        if isinstance(ffn, DynamicKMoE):
-            raise ValueError("model is already converted; moefy expects dense FFNs")
+    for layer, ffn in zip(model.layers, ffns, strict=True):
         split = split_neurons(ffn.up.weight, n_experts, iterations=iterations, seed=seed)
         layer.ffn = DynamicKMoE(ffn, split.permutation, n_experts).to(ffn.up.weight.device)
         splits.append(split)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from efflab.dense_to_moe.routers import moe_layers
+from efflab.validation import check_int, check_positive
 
 
 @dataclass(frozen=True)
@@ -35,15 +36,28 @@ class CostModel:
     expert_flops: tuple[int, ...]  # per executed (token, expert) pair, per layer
     dense_ffn_flops: tuple[int, ...]  # per token, per layer: the dense FFN
 
+    def __post_init__(self):
+        check_positive("outside_flops", self.outside_flops, allow_zero=True)
+        for name in ("router_flops", "expert_flops", "dense_ffn_flops"):
+            values = getattr(self, name)
+            if not isinstance(values, tuple) or len(values) != len(self.dense_ffn_flops) or not values:
+                raise ValueError(f"{name}={values!r} is not allowed; expected a tuple with one entry per layer")
+            for value in values:
+                check_int(name, value, low=0 if name == "router_flops" else 1)
+
     def dense(self, tokens_per_sample: float) -> float:
         """C_dense per sample, for samples of ``tokens_per_sample`` tokens entering every layer."""
+        check_positive("tokens_per_sample", tokens_per_sample)
         return self.outside_flops + tokens_per_sample * sum(self.dense_ffn_flops)
 
     def moe(self, tokens_per_sample: float, pairs_per_sample) -> float:
         """C per sample given the mean number of executed pairs per sample in each layer."""
+        check_positive("tokens_per_sample", tokens_per_sample)
         pairs = list(pairs_per_sample)
         if len(pairs) != len(self.expert_flops):
             raise ValueError(f"pairs_per_sample has {len(pairs)} entries; expected one per layer")
+        for p in pairs:
+            check_positive("pairs_per_sample", p, allow_zero=True)
         routers = tokens_per_sample * sum(self.router_flops)
         experts = sum(p * x for p, x in zip(pairs, self.expert_flops, strict=True))
         return self.outside_flops + routers + experts
@@ -54,6 +68,7 @@ class CostModel:
 
 def cost_model(model: nn.Module, outside_flops: float = 0.0) -> CostModel:
     """The :class:`CostModel` of a converted model (``outside_flops`` per sample, 0 for FFN-only accounting)."""
+    check_positive("outside_flops", outside_flops, allow_zero=True)
     layers = moe_layers(model)
     if not layers:
         raise ValueError("model has no DynamicKMoE layers; convert it with moefy first")

@@ -38,6 +38,13 @@ def classifier_sweep(
     model: nn.Module, x: Tensor, y: Tensor, cost: CostModel, rule: str, values: Sequence
 ) -> list[dict]:
     """For each value: accuracy, relative FLOPs, mean k, and k per token (layers, images, tokens) as uint8."""
+    if not isinstance(x, Tensor) or x.dim() < 1 or len(x) == 0:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"x has shape {shape}; expected a batch of at least one input")
+    if not isinstance(y, Tensor) or y.shape != (len(x),) or y.is_floating_point():
+        shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+        raise ValueError(f"y has shape {shape}; expected integer labels of shape ({len(x)},), one per input")
+    check_rule(rule)
     rows = []
     for value in values:
         logits, k = routed_forward(model, x, rule, value)

@@ -122,14 +122,20 @@ class DenseToMoEBudget(Budget):
             raise ValueError("penalty_weights must contain 0.0: the ReLU-only model is MoEfication's baseline")
         from efflab.dense_to_moe.clustering import check_expert_count
 
+        self.vit_config()  # checks that n_heads divides d_model
         check_expert_count(self.d_ff, self.n_experts)
-        check_expert_count(self.d_ff, self.large_experts)
-        check_expert_count(1536, self.minilm_experts)
+        check_expert_count(self.d_ff, self.large_experts, "large_experts")
+        check_expert_count(1536, self.minilm_experts, "minilm_experts")
         _check_taus("taus", self.taus)
         _check_taus("minilm_taus", self.minilm_taus)
-        for tau in self.timing_taus:
-            if tau not in self.taus:
-                raise ValueError(f"timing_taus={self.timing_taus!r} is not allowed; expected entries of taus")
+        if not isinstance(self.timing_taus, tuple) or not set(self.timing_taus) <= set(self.taus):
+            raise ValueError(
+                f"timing_taus={self.timing_taus!r} is not allowed; expected a tuple of entries of taus"
+            )
+        if not isinstance(self.minilm_ks, tuple) or not self.minilm_ks:
+            raise ValueError(
+                f"minilm_ks={self.minilm_ks!r} is not allowed; expected a non-empty tuple of top-k values"
+            )
         for k in self.minilm_ks:
             check_int("minilm_ks", k, low=1, high=self.minilm_experts)
 
@@ -173,6 +179,7 @@ class DenseToMoEBudget(Budget):
 
     def top_ks(self, n_experts: int) -> tuple[int, ...]:
         """k = 1, 2, 4, ... up to every expert."""
+        check_int("n_experts", n_experts, low=1)
         ks = [1]
         while ks[-1] < n_experts:
             ks.append(min(2 * ks[-1], n_experts))

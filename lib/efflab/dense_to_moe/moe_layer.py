@@ -48,7 +48,11 @@ class DynamicKMoE(nn.Module):
 
     def __init__(self, ffn: nn.Module, permutation, n_experts: int):
         super().__init__()
-        up, down = ffn.up, ffn.down
+        up, down = getattr(ffn, "up", None), getattr(ffn, "down", None)
+        if not (isinstance(up, nn.Linear) and isinstance(down, nn.Linear) and hasattr(ffn, "activation")):
+            raise ValueError(
+                f"ffn={type(ffn).__name__} is not allowed; expected a dense FFN with up, activation, down"
+            )
         d_ff, d_model = up.weight.shape
         self.expert_size = check_expert_count(d_ff, n_experts)
         self.n_experts, self.d_model, self.d_ff = n_experts, d_model, d_ff
@@ -78,12 +82,17 @@ class DynamicKMoE(nn.Module):
         if rule != "dense" and self.router is None:
             raise ValueError(f"rule={rule!r} needs a router; attach one (train_routers) or use rule='dense'")
         if rule == "dynamic_k":
-            self.tau = check_tau(1.0 if tau is None else tau)
+            tau = check_tau(1.0 if tau is None else tau)
         if rule == "top_k":
             check_int("k", k, low=1, high=self.n_experts)
-            self.k = k
         if implementation is not None:
             check_choice("implementation", implementation, IMPLEMENTATIONS)
+        # Every argument is checked before any is set: a bad one leaves the layer as it was.
+        if rule == "dynamic_k":
+            self.tau = tau
+        if rule == "top_k":
+            self.k = k
+        if implementation is not None:
             self.implementation = implementation
         self.rule = rule
         return self
@@ -110,6 +119,9 @@ class DynamicKMoE(nn.Module):
         return select(self.scores(flat), self.rule, tau=self.tau, k=self.k)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[-1] != self.d_model:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"x has shape {shape}; expected (..., d_model={self.d_model})")
         flat = x.reshape(-1, self.d_model)
         if self.rule == "dense" and not self.record:
             out = self.dense_forward(flat)
@@ -154,6 +166,8 @@ class Router(nn.Module):
 
     def __init__(self, d_model: int, n_experts: int, width: int, output: str = "abs"):
         super().__init__()
+        check_int("d_model", d_model, low=1)
+        check_int("n_experts", n_experts, low=1)
         check_int("width", width, low=1)
         check_choice("output", output, ("abs", "logits"))
         self.output = output

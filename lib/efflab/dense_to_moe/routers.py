@@ -38,12 +38,22 @@ def moe_layers(model: nn.Module) -> list[DynamicKMoE]:
     return [layer.ffn for layer in getattr(model, "layers", []) if isinstance(layer.ffn, DynamicKMoE)]
 
 
+def check_layer_inputs(name: str, layer: DynamicKMoE, inputs) -> None:
+    """One MoE layer's token states: a floating (tokens >= 1, d_model) tensor."""
+    ok = isinstance(inputs, Tensor) and inputs.dim() == 2 and inputs.is_floating_point()
+    if not ok or len(inputs) == 0 or inputs.shape[1] != layer.d_model:
+        shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
+        raise ValueError(f"{name} has shape {shape}; expected a floating tensor (tokens >= 1, {layer.d_model})")
+
+
 @torch.no_grad()
 def collect_layer_inputs(model: nn.Module, forward: Callable[[], object]) -> list[Tensor]:
     """What each MoE layer receives during ``forward()`` with every expert on: a (tokens, d_model) tensor each.
 
     ``forward`` may call the model several times (batches); the rows are concatenated per layer.
     """
+    if not callable(forward):
+        raise ValueError(f"forward={forward!r} is not allowed; expected a function that runs the model")
     layers = moe_layers(model)
     if not layers:
         raise ValueError("model has no DynamicKMoE layers; convert it with moefy first")
@@ -67,6 +77,8 @@ def collect_layer_inputs(model: nn.Module, forward: Callable[[], object]) -> lis
         for layer, (rule, record) in zip(layers, saved, strict=True):
             layer.rule, layer.record = rule, record
         model.train(was_training)
+    if any(not rows for rows in store):
+        raise ValueError("forward ran no MoE layer; expected it to call the model at least once")
     return [torch.cat(rows) for rows in store]
 
 
@@ -74,6 +86,8 @@ def collect_layer_inputs(model: nn.Module, forward: Callable[[], object]) -> lis
 def router_labels(layer: DynamicKMoE, inputs: Tensor, target: str, chunk: int = 2048) -> Tensor:
     """(tokens, E) labels: expert output norms (D2DMoE) or normalised positive activation sums (MoEfication)."""
     check_choice("target", target, TARGETS)
+    check_layer_inputs("inputs", layer, inputs)
+    check_int("chunk", chunk, low=1)
     parts = []
     for start in range(0, len(inputs), chunk):
         flat = inputs[start : start + chunk]
@@ -112,11 +126,17 @@ def train_routers(
     logit routers, BCE to the positive-activation shares (MoEfication).
     """
     check_choice("target", target, TARGETS)
+    if not isinstance(budget, RouterBudget):
+        raise ValueError(f"budget={budget!r} is not allowed; expected a RouterBudget")
     layers = moe_layers(model)
+    if not layers:
+        raise ValueError("model has no DynamicKMoE layers; convert it with moefy first")
     if len(layers) != len(layer_inputs):
         raise ValueError(
             f"layer_inputs has {len(layer_inputs)} entries; expected one per MoE layer ({len(layers)})"
         )
+    for index, (layer, x) in enumerate(zip(layers, layer_inputs, strict=True)):
+        check_layer_inputs(f"layer_inputs[{index}]", layer, x)
     generator = torch.Generator().manual_seed(budget.seed)
     torch.manual_seed(budget.seed)
     output = "abs" if target == "output_norm" else "logits"

@@ -43,8 +43,20 @@ def check_rule(rule) -> str:
     return rule
 
 
+def check_scores(scores) -> None:
+    """Router scores: a floating tensor (..., E) with at least one expert and no NaN or infinity (a NaN score
+    would silently drop its token's every expert under dynamic-k, or always win top-k)."""
+    ok = isinstance(scores, Tensor) and scores.is_floating_point() and scores.dim() >= 1 and scores.shape[-1] >= 1
+    if not ok:
+        shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+        raise ValueError(f"scores has shape {shape}; expected a floating tensor (tokens, n_experts >= 1)")
+    if not torch.isfinite(scores).all():
+        raise ValueError("scores contains NaN or infinity; expected finite router outputs")
+
+
 def dynamic_k_mask(scores: Tensor, tau: float) -> Tensor:
     """g_e >= (1 - tau) max_j g_j, per token: (tokens, E) scores -> (tokens, E) bool, at least one True per row."""
+    check_scores(scores)
     tau = check_tau(tau)
     if (scores < 0).any():
         raise ValueError("scores has negative entries; dynamic-k expects non-negative router outputs (abs head)")
@@ -54,6 +66,7 @@ def dynamic_k_mask(scores: Tensor, tau: float) -> Tensor:
 
 def top_k_mask(scores: Tensor, k: int) -> Tensor:
     """The k highest-scoring experts of every token."""
+    check_scores(scores)
     check_int("k", k, low=1, high=scores.shape[-1])
     chosen = scores.topk(k, dim=-1).indices
     return torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, chosen, True)

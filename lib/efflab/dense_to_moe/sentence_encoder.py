@@ -32,7 +32,7 @@ from efflab.dense_to_moe.conversion import configure, experts_per_token
 from efflab.dense_to_moe.cost import CostModel
 from efflab.dense_to_moe.routers import collect_layer_inputs
 from efflab.dense_to_moe.selection import check_rule
-from efflab.dense_to_moe.sparsity import SparsityLoss, relufy
+from efflab.dense_to_moe.sparsity import SparsityLoss, check_train_config, relufy
 from efflab.train import TrainConfig, fit
 from efflab.validation import check_int
 
@@ -41,8 +41,27 @@ SPECIAL_TOKENS = ("[CLS]", "[SEP]", "[PAD]")
 
 def tokenized_batches(tokenizer, sentences: Sequence[str], batch_size: int) -> list[dict[str, Tensor]]:
     """The sentences as tokenized batches (``input_ids``, ``attention_mask``), in order."""
+    from efflab.models.bert import check_sentences
+
+    sentences = check_sentences(sentences)
     check_int("batch_size", batch_size, low=1)
     return [tokenizer(list(sentences[i : i + batch_size])) for i in range(0, len(sentences), batch_size)]
+
+
+def check_batches(batches) -> int:
+    """Tokenized batches: a non-empty list of ``{"input_ids", "attention_mask"}`` of equal (batch, seq) shapes;
+    returns the number of sentences."""
+    if not isinstance(batches, list | tuple) or not batches:
+        raise ValueError(f"batches={batches!r:.80} is not allowed; expected a non-empty list of tokenized batches")
+    for i, batch in enumerate(batches):
+        ids = batch.get("input_ids") if isinstance(batch, dict) else None
+        mask = batch.get("attention_mask") if isinstance(batch, dict) else None
+        ok = isinstance(ids, Tensor) and isinstance(mask, Tensor) and ids.dim() == 2
+        if not ok or mask.shape != ids.shape:
+            raise ValueError(
+                f"batches[{i}] is not allowed; expected a dict of input_ids and attention_mask, both (batch, seq)"
+            )
+    return sum(len(batch["input_ids"]) for batch in batches)
 
 
 def _to(batch: dict[str, Tensor], device) -> tuple[Tensor, Tensor]:
@@ -53,6 +72,7 @@ def embed(model: nn.Module, batches: list[dict[str, Tensor]]) -> Tensor:
     """Unit-length mean-pooled embeddings of every sentence of ``batches`` (float32, CPU)."""
     from efflab.models.bert import encode
 
+    check_batches(batches)
     device = next(model.parameters()).device
     model.eval()
     with torch.no_grad():
@@ -61,6 +81,7 @@ def embed(model: nn.Module, batches: list[dict[str, Tensor]]) -> Tensor:
 
 def real_token_inputs(model: nn.Module, batches: list[dict[str, Tensor]]) -> list[Tensor]:
     """Each MoE layer's inputs on the real (non-padding) tokens of ``batches``, every expert on."""
+    check_batches(batches)
     device = next(model.parameters()).device
     inputs = collect_layer_inputs(model, lambda: [model(*_to(batch, device)) for batch in batches])
     keep = torch.cat([batch["attention_mask"].reshape(-1) for batch in batches]).bool().to(device)
@@ -69,6 +90,9 @@ def real_token_inputs(model: nn.Module, batches: list[dict[str, Tensor]]) -> lis
 
 def nearest_neighbours(embeddings: Tensor) -> Tensor:
     """For each row, the index of the most similar other row (cosine; the embeddings have unit length)."""
+    if not isinstance(embeddings, Tensor) or embeddings.dim() != 2 or len(embeddings) < 2:
+        shape = tuple(embeddings.shape) if isinstance(embeddings, Tensor) else type(embeddings).__name__
+        raise ValueError(f"embeddings has shape {shape}; expected (sentences >= 2, d): a neighbour must exist")
     similarity = embeddings @ embeddings.T
     similarity.fill_diagonal_(-float("inf"))
     return similarity.argmax(1)
@@ -87,6 +111,11 @@ def encoder_sweep(
     from efflab.models.bert import encode
 
     check_rule(rule)
+    sentences = check_batches(batches)
+    ok = isinstance(dense_embeddings, Tensor) and dense_embeddings.dim() == 2
+    if not ok or len(dense_embeddings) != sentences:
+        shape = tuple(dense_embeddings.shape) if isinstance(dense_embeddings, Tensor) else "not a tensor"
+        raise ValueError(f"dense_embeddings has shape {shape}; expected ({sentences}, d), one row per sentence")
     device = next(model.parameters()).device
     dense_neighbours = nearest_neighbours(dense_embeddings)
     rows = []
@@ -130,10 +159,13 @@ def distillation_finetune(
     progress: bool | None = False,
 ):
     """ReLU swap, then fit ``||e(x) - e_dense(x)||^2 + lambda(t) * Hoyer`` over the batches (cycled)."""
+    check_batches(batches)
     if len(batches) != len(targets):
         raise ValueError(f"targets has {len(targets)} entries; expected one per batch ({len(batches)})")
-    relufy(model)
-    device = next(model.parameters()).device
+    for i, (batch, target) in enumerate(zip(batches, targets, strict=True)):
+        if not isinstance(target, Tensor) or target.dim() != 2 or len(target) != len(batch["input_ids"]):
+            raise ValueError(f"targets[{i}] is not allowed; expected embeddings (batch, d), one per sentence")
+    check_train_config(config)
     # fit moves one tensor of inputs: pack ids and mask as (B, 2, S); unpack in the loss.
     packed = [torch.stack([b["input_ids"], b["attention_mask"]], dim=1) for b in batches]
     state = {"step": 0}
@@ -148,7 +180,9 @@ def distillation_finetune(
 
         return F.mse_loss(encode(model, x[:, 0], x[:, 1]), y, reduction="sum") / len(y)
 
-    loss = SparsityLoss(weight, config.steps, task_loss=distillation)
+    loss = SparsityLoss(weight, config.steps, task_loss=distillation)  # checks weight before the swap
+    relufy(model)
+    device = next(model.parameters()).device
     return fit(model, next_batch, config, loss_fn=loss, device=device, progress=progress, description="distil")
 
 

@@ -42,6 +42,10 @@ SCHEDULES = ("linear", "linear_warmup", "constant")
 
 def squared_hoyer(activations: Tensor, eps: float = 1e-12) -> Tensor:
     """H(a) = ||a||_1^2 / ||a||_2^2 over the last axis: one value per token, in [1, d_ff] (0 for an all-zero a)."""
+    if not isinstance(activations, Tensor) or activations.dim() < 1 or not activations.is_floating_point():
+        shape = tuple(activations.shape) if isinstance(activations, Tensor) else type(activations).__name__
+        raise ValueError(f"activations has shape {shape}; expected a floating tensor (..., d_ff)")
+    check_positive("eps", eps)
     l1 = activations.abs().sum(-1)
     return l1.square() / activations.square().sum(-1).clamp_min(eps)
 
@@ -134,6 +138,12 @@ class SparsityLoss:
         return loss + weight * penalty if weight > 0 else loss
 
 
+def check_train_config(config) -> None:
+    """The fine-tuning's :class:`~efflab.train.TrainConfig` (checked before the ReLU swap changes the model)."""
+    if not isinstance(config, TrainConfig):
+        raise ValueError(f"config={config!r} is not allowed; expected a TrainConfig")
+
+
 def sparsity_finetune(
     model: nn.Module,
     batches,
@@ -146,8 +156,9 @@ def sparsity_finetune(
 ):
     """ReLU swap, then fine-tune with the ramped Hoyer penalty (``weight=0``: the swap and plain fine-tuning, the
     MoEfication baseline's "ReLUfication"). Returns ``fit``'s history."""
+    check_train_config(config)
+    loss = SparsityLoss(weight, config.steps, schedule=schedule, task_loss=task_loss)  # checks before the swap
     relufy(model)
-    loss = SparsityLoss(weight, config.steps, schedule=schedule, task_loss=task_loss)
     return fit(model, batches, config, loss_fn=loss, progress=progress, description=f"sparsify lambda={weight:g}")
 
 
@@ -159,6 +170,8 @@ def zero_fraction(model: nn.Module, forward: Callable[[], object]) -> list[float
     with recorded_activations(model) as activations:
         forward()
     model.train(was_training)
+    if not activations:
+        raise ValueError("forward ran no FFN; expected it to call the model at least once")
     n_layers = len(ffn_modules(model))
     zeros = [0.0] * n_layers
     counts = [0] * n_layers
