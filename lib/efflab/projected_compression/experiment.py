@@ -79,22 +79,27 @@ class CompressionBudget(Budget):
         for name in ("calibration_batches", "eval_batches", "eval_batch_size", "evals_per_run"):
             check_int(name, getattr(self, name), low=1)
         GPTConfig(block_size=self.block_size, n_layer=self.n_layer, n_head=self.n_head, d_model=self.d_model)
+        for name in ("pretrain_steps", "keep_fractions", "token_budgets", "retrain_lrs", "projection_lrs"):
+            values = getattr(self, name)
+            if not isinstance(values, tuple) or not values:
+                raise ValueError(f"{name}={values!r} is not allowed; expected a non-empty tuple")
+        for steps in self.pretrain_steps:
+            check_int("pretrain_steps", steps, low=1)
         if len(self.pretrain_steps) != 2 or self.pretrain_steps[0] >= self.pretrain_steps[1]:
             raise ValueError(
                 f"pretrain_steps={self.pretrain_steps!r} is not allowed; expected (short, long) with short < long"
             )
-        for steps in (*self.pretrain_steps, *self.token_budgets):
-            check_int("steps", steps, low=1)
-        if not self.keep_fractions or not self.token_budgets:
-            raise ValueError("keep_fractions and token_budgets need at least one value each")
+        for steps in self.token_budgets:
+            check_int("token_budgets", steps, low=1)
         if list(self.token_budgets) != sorted(set(self.token_budgets)):
             raise ValueError(f"token_budgets={self.token_budgets!r} is not allowed; expected increasing steps")
         for keep in self.keep_fractions:
             check_fraction("keep_fractions", keep)
-        for lr in (self.pretrain_lr, *self.retrain_lrs, *self.projection_lrs):
-            check_positive("lr", lr)
-        if not self.retrain_lrs or not self.projection_lrs:
-            raise ValueError("retrain_lrs and projection_lrs need at least one value each")
+            target_for_keep(self.config, keep)  # checks that d_model leaves a smaller multiple of n_head
+        check_positive("pretrain_lr", self.pretrain_lr)
+        for name in ("retrain_lrs", "projection_lrs"):
+            for lr in getattr(self, name):
+                check_positive(name, lr)
         check_positive("weight_decay", self.weight_decay, allow_zero=True)
         if not isinstance(self.encoder, EncoderBudget):
             raise ValueError(f"encoder={self.encoder!r} is not allowed; expected an EncoderBudget")

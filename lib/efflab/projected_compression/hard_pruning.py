@@ -40,11 +40,7 @@ def pruned_state(model: TinyLM, selection: Selection) -> dict[str, torch.Tensor]
 def hard_prune(model: TinyLM, selection: Selection, target: Target) -> TinyLM:
     """A new TinyLM of shape ``target`` holding the base's kept rows and columns (the base is not changed)."""
     config = target.config_for(model.config)
-    if selection.d.numel() != target.d_model or any(f.numel() != target.d_ff for f in selection.ffn):
-        raise ValueError(
-            f"selection keeps d'={selection.d.numel()} and f'={[f.numel() for f in selection.ffn]}; "
-            f"expected the target's d'={target.d_model}, f'={target.d_ff}"
-        )
+    selection.check_against(model.config, target)
     device = next(model.parameters()).device
     pruned = TinyLM(config).to(device)
     pruned.load_state_dict(pruned_state(model, selection), strict=True)

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from efflab.models.gpt import GPTConfig, TinyLM
-from efflab.validation import check_choice, check_int
+from efflab.validation import check_choice, check_int, check_seed
 
 IMPORTANCES = ("activation", "magnitude", "random")
 
@@ -82,6 +82,37 @@ class Target:
         )
 
 
+def _tensor_shape(value) -> object:
+    return tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+
+
+def _check_scores(name: str, scores, size: int) -> None:
+    """A finite floating (size,) tensor: a NaN score would be picked first by the top-k."""
+    ok = isinstance(scores, Tensor) and scores.shape == (size,) and scores.is_floating_point()
+    if not ok or not torch.isfinite(scores).all():
+        raise ValueError(f"{name} has shape {_tensor_shape(scores)}; expected {size} finite scores")
+
+
+def check_indices(name: str, indices, size: int, count: int | None = None) -> None:
+    """Kept channels: an integer 1-D tensor of distinct indices in [0, size), ``count`` of them (None: at least
+    one)."""
+    ok = isinstance(indices, Tensor) and indices.dim() == 1 and not indices.is_floating_point()
+    ok = ok and (len(indices) > 0 if count is None else len(indices) == count)
+    ok = ok and bool(((indices >= 0) & (indices < size)).all()) and len(indices.unique()) == len(indices)
+    if not ok:
+        how_many = "" if count is None else f"{count} "
+        raise ValueError(
+            f"{name}={indices!r:.80} is not allowed; expected {how_many}distinct integer indices in [0, {size})"
+        )
+
+
+def _check_layers(name: str, values, n_layer: int) -> None:
+    if not isinstance(values, tuple) or len(values) != n_layer:
+        raise ValueError(
+            f"{name}={values!r:.80} is not allowed; expected a tuple with one entry per layer ({n_layer})"
+        )
+
+
 @dataclass(frozen=True)
 class Importance:
     """Scores: ``d`` (d,), and per layer ``qk``, ``vo`` (d,) over attention channels and ``ffn`` (f,)."""
@@ -90,6 +121,14 @@ class Importance:
     qk: tuple[Tensor, ...]
     vo: tuple[Tensor, ...]
     ffn: tuple[Tensor, ...]
+
+    def check_against(self, config: GPTConfig) -> None:
+        """Raise ValueError unless every score vector has the size of its dimension in ``config``."""
+        _check_scores("importance.d", self.d, config.d_model)
+        for name, size in (("qk", config.d_model), ("vo", config.d_model), ("ffn", config.d_ff)):
+            _check_layers(f"importance.{name}", getattr(self, name), config.n_layer)
+            for i, scores in enumerate(getattr(self, name)):
+                _check_scores(f"importance.{name}[{i}]", scores, size)
 
 
 @dataclass(frozen=True)
@@ -110,6 +149,19 @@ class Selection:
             "ffn": [t.tolist() for t in self.ffn],
         }
 
+    def check_against(self, config: GPTConfig, target: Target) -> None:
+        """Raise ValueError unless this keeps d' residual and attention channels and f' FFN units of ``config``."""
+        target.check_against(config)
+        check_indices("selection.d", self.d, config.d_model, target.d_model)
+        for name, size, count in (
+            ("qk", config.d_model, target.d_model),
+            ("vo", config.d_model, target.d_model),
+            ("ffn", config.d_ff, target.d_ff),
+        ):
+            _check_layers(f"selection.{name}", getattr(self, name), config.n_layer)
+            for i, indices in enumerate(getattr(self, name)):
+                check_indices(f"selection.{name}[{i}]", indices, size, count)
+
 
 def _top_sorted(scores: Tensor, k: int) -> Tensor:
     return torch.sort(torch.topk(scores, k).indices).values
@@ -126,6 +178,7 @@ def _per_head_top(scores: Tensor, n_head: int, keep_per_head: int) -> Tensor:
 def select(importance: Importance, config: GPTConfig, target: Target) -> Selection:
     """Top-k indices of every compressed dimension, sorted (the same for projection and pruning)."""
     target.check_against(config)
+    importance.check_against(config)
     keep_per_head = target.d_model // config.n_head
     return Selection(
         d=_top_sorted(importance.d, target.d_model),
@@ -211,6 +264,7 @@ def magnitude_importance(model: TinyLM) -> Importance:
 
 def random_importance(model: TinyLM, seed: int) -> Importance:
     """Uniform random scores from a generator seeded with ``seed``."""
+    check_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     config = model.config
 

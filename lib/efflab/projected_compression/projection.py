@@ -36,12 +36,15 @@ from torch.func import functional_call
 
 from efflab.models.gpt import TinyLM
 from efflab.projected_compression.hard_pruning import slice_piece
-from efflab.projected_compression.importance import Selection, Target
+from efflab.projected_compression.importance import Selection, Target, check_indices
 from efflab.projected_compression.layout import Piece, layout
+from efflab.validation import check_int
 
 
 def selection_matrix(indices: Tensor, size: int) -> Tensor:
     """``S`` (k x size) with ``S[j, indices[j]] = 1``: ``S @ W`` keeps the rows ``indices`` of ``W``."""
+    check_int("size", size, low=1)
+    check_indices("indices", indices, size)
     matrix = torch.zeros(len(indices), size)
     matrix[torch.arange(len(indices)), indices.cpu()] = 1.0
     return matrix
@@ -79,6 +82,7 @@ class ProjectedLM(nn.Module):
     def __init__(self, base: TinyLM, selection: Selection, target: Target):
         super().__init__()
         self.config = target.config_for(base.config)
+        selection.check_against(base.config, target)
         self.target = target
         self.base = base
         for parameter in self.base.parameters():
@@ -144,6 +148,10 @@ def projection_sources(projected: ProjectedLM, name: str) -> Tensor:
     Shape (in, k_in): column ``j`` is what target channel ``j`` reads from the ``in`` base channels. At the start
     it is a one-hot column; after training, weight on rows of discarded channels is what pruning could not learn.
     """
+    if _key(name) not in projected.matrices:
+        raise ValueError(
+            f"name={name!r} is not allowed; expected a matrix of the target model, e.g. 'head.weight'"
+        )
     matrices = projected.matrices[_key(name)]
     p_in = matrices[0].p_in
     if p_in is None:

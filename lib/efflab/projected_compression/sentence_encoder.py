@@ -32,9 +32,10 @@ from torch import Tensor, nn
 
 from efflab.cache import cached
 from efflab.parallel import run_all, task_progress
+from efflab.projected_compression.importance import check_indices
 from efflab.projected_compression.projection import selection_matrix
 from efflab.runtime import Run, seed_everything
-from efflab.validation import check_choice, check_fraction, check_int, check_positive
+from efflab.validation import check_choice, check_fraction, check_int, check_positive, check_range
 
 METHODS = ("pruned + retrain", "projected compression")
 
@@ -58,15 +59,17 @@ class EncoderBudget:
     def __post_init__(self):
         if not isinstance(self.enabled, bool):
             raise ValueError(f"enabled={self.enabled!r} is not allowed; expected True or False")
-        if not self.layers or list(self.layers) != sorted(set(self.layers)):
-            raise ValueError(f"layers={self.layers!r} is not allowed; expected increasing layer indices")
+        if not isinstance(self.layers, tuple) or not self.layers:
+            raise ValueError(f"layers={self.layers!r} is not allowed; expected a non-empty tuple of layer indices")
         for layer in self.layers:
             check_int("layers", layer, low=0, high=5)
+        if list(self.layers) != sorted(set(self.layers)):
+            raise ValueError(f"layers={self.layers!r} is not allowed; expected increasing layer indices")
         check_fraction("keep_ffn", self.keep_ffn)
-        for name in ("train_sentences", "heldout_sentences", "steps", "batch_size", "seeds"):
+        for name in ("train_sentences", "steps", "batch_size", "seeds"):
             check_int(name, getattr(self, name), low=1)
-        check_int("max_length", self.max_length, low=4, high=256)
         check_int("heldout_sentences", self.heldout_sentences, low=2)
+        check_int("max_length", self.max_length, low=4, high=256)
         check_positive("retrain_lr", self.retrain_lr)
         check_positive("projection_lr", self.projection_lr)
 
@@ -93,10 +96,10 @@ class ProjectedFeedForward(nn.Module):
 
     def __init__(self, ffn: nn.Module, kept: Tensor):
         super().__init__()
+        f, d = _check_ffn(ffn, kept)
         self.base = ffn
         for parameter in ffn.parameters():
             parameter.requires_grad_(False)
-        f, d = ffn.up.weight.shape
         k = len(kept)
         self.p_out = nn.Parameter(selection_matrix(kept, f))  # (f', f) on [W_up | b_up]
         self.p_in = nn.Parameter(selection_matrix(kept, f).T.contiguous())  # (f, f') on W_down
@@ -121,6 +124,18 @@ class ProjectedFeedForward(nn.Module):
         )
 
 
+def _check_ffn(ffn: nn.Module, kept) -> tuple[int, int]:
+    """A BERT FFN (``up`` and ``down`` Linear layers with biases) and the hidden units it keeps; (f, d)."""
+    up, down = getattr(ffn, "up", None), getattr(ffn, "down", None)
+    ok = isinstance(up, nn.Linear) and isinstance(down, nn.Linear) and hasattr(ffn, "activation")
+    if not ok or up.bias is None or down.bias is None:
+        raise ValueError(
+            f"ffn={type(ffn).__name__} is not allowed; expected a BERT FeedForward (up, activation, down)"
+        )
+    check_indices("kept", kept, up.out_features)
+    return up.weight.shape
+
+
 def _small_ffn(ffn: nn.Module, width: int) -> nn.Module:
     from efflab.models.bert import BertConfig, FeedForward
 
@@ -133,6 +148,7 @@ def _small_ffn(ffn: nn.Module, width: int) -> nn.Module:
 @torch.no_grad()
 def prune_ffn(ffn: nn.Module, kept: Tensor) -> nn.Module:
     """A :class:`~efflab.models.bert.FeedForward` with only the ``kept`` hidden units."""
+    _check_ffn(ffn, kept)
     small = _small_ffn(ffn, len(kept))
     small.up.weight.copy_(ffn.up.weight[kept])
     small.up.bias.copy_(ffn.up.bias[kept])
@@ -226,7 +242,11 @@ def _top_model(data: dict, budget: EncoderBudget) -> EncoderTop:
 
 
 def kept_units(scores: Tensor, keep: float) -> Tensor:
-    """Top ``round(keep * f)`` FFN units by score, sorted."""
+    """Top ``round(keep * f)`` FFN units by score (at least one), sorted."""
+    if not isinstance(scores, Tensor) or scores.dim() != 1 or len(scores) == 0 or not torch.isfinite(scores).all():
+        shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+        raise ValueError(f"scores has shape {shape}; expected a non-empty vector of finite unit scores")
+    check_range("keep", keep, low=0, high=1, low_open=True)
     k = max(1, round(keep * scores.numel()))
     return torch.sort(torch.topk(scores, k).indices).values
 
