@@ -23,6 +23,7 @@ import pandas as pd
 
 from efflab.results import load
 from efflab.runtime import Run
+from efflab.validation import check_int, check_seed
 
 PAPER_COLUMNS = ("quantity", "paper", "this_run", "full_run", "note")
 
@@ -63,6 +64,8 @@ def _short(value) -> str:
 
 def seeds_for(run_seed: int, count: int) -> tuple[int, ...]:
     """The seeds of an experiment with ``count`` repeats: the run's seed and the ones after it."""
+    check_seed(run_seed)
+    check_int("count", count, low=0, high=2**32 - run_seed)  # every seed stays below 2**32; 0 gives none
     return tuple(run_seed + offset for offset in range(count))
 
 
@@ -103,7 +106,11 @@ def spread(values: Sequence[float], digits: int = 3) -> str:
     """``mean ± std (n=k)`` of values over seeds, the way every run-dependent number is quoted."""
     import numpy as np
 
-    array = np.asarray(list(values), dtype=float)
+    check_int("digits", digits, low=1)
+    try:
+        array = np.asarray(list(values), dtype=float)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"values={values!r:.80} is not allowed; expected a sequence of numbers") from error
     if array.size == 0:
         raise ValueError("values is empty; expected at least one number")
     if array.size == 1:

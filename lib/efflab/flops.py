@@ -61,6 +61,18 @@ def _attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None,
     return 2 * batch * heads * query_len * key_len * (head_dim + value_dim)
 
 
+def check_example(model, example_input) -> None:
+    """What the FLOP counters run: a callable model and an example input holding at least one element (an empty
+    batch would count zero FLOPs for any model)."""
+    if not callable(model):
+        raise ValueError(f"model={model!r:.80} is not allowed; expected a module or function to run")
+    if not isinstance(example_input, torch.Tensor) or example_input.numel() == 0:
+        shape = (
+            tuple(example_input.shape) if isinstance(example_input, torch.Tensor) else type(example_input).__name__
+        )
+        raise ValueError(f"example_input has shape {shape}; expected a tensor with at least one element")
+
+
 def measure_flops(model: nn.Module, example_input: torch.Tensor) -> int:
     """Forward FLOPs of ``model(example_input)``, counted by ``torch.utils.flop_counter.FlopCounterMode``.
 
@@ -69,6 +81,7 @@ def measure_flops(model: nn.Module, example_input: torch.Tensor) -> int:
     formula for it, so a model costs the same on either device. Attention is counted as the full T x T product
     even with ``is_causal=True``, as FlopCounterMode does for every kernel.
     """
+    check_example(model, example_input)
     cpu_attention = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     counter = FlopCounterMode(display=False, custom_mapping={cpu_attention: _attention_flops})
     with torch.no_grad(), counter:
@@ -84,6 +97,7 @@ def module_forward_flops(model: nn.Module, example_input: torch.Tensor) -> int:
     per output element. Everything else (attention products included) is left out, so for a convolutional
     network this equals :func:`measure_flops`.
     """
+    check_example(model, example_input)
     total = 0
 
     def count(module: nn.Module, inputs, output: torch.Tensor) -> None:
@@ -108,10 +122,17 @@ def module_forward_flops(model: nn.Module, example_input: torch.Tensor) -> int:
 def cnn_forward_flops(model: CNN, batch_size: int = 1) -> int:
     """Forward FLOPs of a (possibly pruned) :class:`~efflab.models.cnn.CNN` on ``batch_size`` images."""
     check_int("batch_size", batch_size, low=1)
+    if not isinstance(model, CNN):
+        raise ValueError(f"model={type(model).__name__} is not allowed; expected an efflab CNN")
     config = model.config
     device = next(model.parameters()).device
     images = torch.zeros(batch_size, config.in_channels, config.image_size, config.image_size, device=device)
     return module_forward_flops(model, images)
+
+
+def check_config(config) -> None:
+    if not isinstance(config, GPTConfig):
+        raise ValueError(f"config={config!r:.80} is not allowed; expected a GPTConfig")
 
 
 def gpt_parameter_count(config: GPTConfig, *, include_embedding: bool = True) -> int:
@@ -121,6 +142,7 @@ def gpt_parameter_count(config: GPTConfig, *, include_embedding: bool = True) ->
     giving the "non-embedding" N of Kaplan et al. (2020). The head is not tied to the embedding here, so it
     stays in N: it is a real d_model x vocab_size product for every token.
     """
+    check_config(config)
     d, d_ff, bias = config.d_model, config.d_ff, int(config.bias)
     attention = d * 3 * d + bias * 3 * d + d * d + bias * d
     ffn = d * d_ff + bias * d_ff + d_ff * d + bias * d
@@ -141,6 +163,7 @@ def gpt_forward_flops(config: GPTConfig, seq_len: int | None = None, batch_size:
     ``scaled_dot_product_attention``; this formula equals :func:`measure_flops` exactly. Embedding lookups,
     LayerNorm, GELU and softmax are not counted.
     """
+    check_config(config)
     seq_len = config.block_size if seq_len is None else seq_len
     check_int("seq_len", seq_len, low=1, high=config.block_size)
     check_int("batch_size", batch_size, low=1)

@@ -32,14 +32,14 @@ import os
 import queue
 import socket
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
 from tqdm.auto import tqdm
 
 from efflab.runtime import seed_everything, torch_threads
-from efflab.validation import check_choice, check_int
+from efflab.validation import check_choice, check_int, check_range
 
 BACKENDS = ("inline", "processes", "ray")
 TASK_SEED = 0  # what the global generators hold when a task starts, on every backend
@@ -91,19 +91,21 @@ def run_all(
     """
     from efflab.train import progress_enabled
 
+    if isinstance(tasks, str) or not isinstance(tasks, Iterable):
+        raise ValueError(f"tasks={tasks!r:.80} is not allowed; expected a list of tasks")
     tasks = list(tasks)
     backend = default_backend() if backend is None else backend
     check_choice("backend", backend, BACKENDS)
     if workers is not None:
         check_int("workers", workers, low=1)
-    if gpu_share is not None and not (isinstance(gpu_share, int | float) and 0 < gpu_share <= 1):
-        raise ValueError(f"gpu_share={gpu_share!r} is not allowed; expected a number in (0, 1]")
+    if gpu_share is not None:
+        check_range("gpu_share", gpu_share, low=0, high=1, low_open=True)
     if not callable(function):
         raise ValueError(f"function={function!r} is not allowed; expected a callable")
     if not tasks:
         return []
     show = progress_enabled(progress)
-    pool_size = min(len(tasks), workers or free_cores())
+    pool_size = min(len(tasks), free_cores() if workers is None else workers)
     if backend == "processes" and pool_size == 1:
         backend = "inline"
     with tqdm(total=len(tasks), desc=description, disable=not show, unit="run") as bar:

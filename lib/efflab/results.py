@@ -96,6 +96,8 @@ def record(name: str, values: dict, *, run: Run | None = None, results_dir=None)
     check_name(name)
     if not isinstance(values, dict):
         raise ValueError(f"values={type(values).__name__} is not allowed; expected a dict")
+    if run is not None and not isinstance(run, Run):
+        raise ValueError(f"run={run!r:.80} is not allowed; expected the Run returned by efflab.setup, or None")
     entry = {"name": name, "values": _jsonable(values), "provenance": provenance(run)}
     if results_dir is not None:
         write_json(entry, Path(results_dir) / f"{name}.json")
@@ -105,7 +107,7 @@ def record(name: str, values: dict, *, run: Run | None = None, results_dir=None)
 def load(name: str, results_dir=None) -> dict | None:
     """The record written for ``name`` (committed full-mode results by default), or None when there is none."""
     check_name(name)
-    path = Path(results_dir or COMMITTED_RESULTS) / f"{name}.json"
+    path = Path(COMMITTED_RESULTS if results_dir is None else results_dir) / f"{name}.json"
     if not path.exists():
         return None
     try:

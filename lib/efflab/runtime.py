@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from efflab.validation import check_choice, check_seed
+from efflab.validation import check_choice, check_int, check_seed
 
 MODES = ("auto", "quick", "full")
 DEVICES = ("auto", "cpu", "cuda")
@@ -63,6 +63,15 @@ class Run:
     seed: int
     threads: int
     started_at: float = field(default_factory=time.time, compare=False)
+
+    def __post_init__(self):
+        check_choice("mode", self.mode, ("quick", "full"))
+        if not isinstance(self.device, torch.device):
+            raise ValueError(
+                f"device={self.device!r} is not allowed; expected a torch.device (see resolve_device)"
+            )
+        check_seed(self.seed)
+        check_int("threads", self.threads, low=1)
 
     @property
     def quick(self) -> bool:
@@ -117,6 +126,8 @@ def torch_threads(threads: int | None) -> Iterator[None]:
     over cores costs more in synchronisation than it saves, and on cores shared with other work two threads can
     be several times slower than one. Experiments with tiny models therefore train on one thread.
     """
+    if threads is not None:
+        check_int("threads", threads, low=1)
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)

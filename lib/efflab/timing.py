@@ -31,8 +31,10 @@ def interleaved_times(
     """Seconds of each work per round, the works taking turns in every round, after ``warmup`` untimed rounds."""
     check_int("repeats", repeats, low=1)
     check_int("warmup", warmup, low=0)
-    if not works:
-        raise ValueError("works={} is not allowed; expected at least one callable to time")
+    if not isinstance(works, Mapping) or not works or not all(callable(work) for work in works.values()):
+        raise ValueError(f"works={works!r:.80} is not allowed; expected a non-empty mapping of names to callables")
+    if cuda and not torch.cuda.is_available():
+        raise ValueError("cuda=True is not allowed here: torch sees no CUDA GPU to wait for")
     wait = torch.cuda.synchronize if cuda else (lambda: None)
     for _ in range(warmup):
         for work in works.values():
