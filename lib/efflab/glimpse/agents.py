@@ -35,7 +35,7 @@ from stable_baselines3.common.logger import Logger
 from efflab.cache import atomic_write
 from efflab.data.canvas import Canvases
 from efflab.experiment import Budget
-from efflab.glimpse.env import Game, GlimpseVecEnv
+from efflab.glimpse.env import Game, GlimpseVecEnv, check_task_model
 from efflab.glimpse.features import KeypointExtractor
 from efflab.glimpse.task_model import GlimpseClassifier, TaskModelConfig, freeze
 from efflab.parallel import task_progress
@@ -150,6 +150,9 @@ def train_agent(
     live (and which is silent when called outside it).
     """
     check_seed(seed)
+    check_task_model(task_model)
+    if not isinstance(budget, AgentBudget):
+        raise ValueError(f"budget={budget!r} is not allowed; expected an AgentBudget")
     env = GlimpseVecEnv(scenes, task_model.cpu(), game, n_envs=budget.n_envs, seed=seed)
     extractor = {"grid": game.observation_grid, "keypoints": budget.keypoints, "channels": budget.channels}
     agent = SAC(
@@ -194,6 +197,17 @@ class AgentTask:
     task_config: TaskModelConfig
     task_state: dict
 
+    def __post_init__(self):
+        kinds = {"game": Game, "budget": AgentBudget, "task_config": TaskModelConfig, "task_state": dict}
+        for name, kind in kinds.items():
+            value = getattr(self, name)
+            if not isinstance(value, kind):
+                raise ValueError(
+                    f"{name} of type {type(value).__name__} is not allowed; expected a {kind.__name__}"
+                )
+        check_seed(self.seed)
+        self.game.check_scenes(self.scenes)
+
 
 @dataclass(frozen=True)
 class TrainedAgent:
@@ -211,6 +225,7 @@ class TrainedAgent:
 def agent_task(
     scenes: Canvases, task_model: GlimpseClassifier, game: Game, budget: AgentBudget, seed: int
 ) -> AgentTask:
+    check_task_model(task_model)
     state = {name: tensor.detach().cpu() for name, tensor in task_model.state_dict().items()}
     return AgentTask(game, budget, seed, scenes, task_model.config, state)
 
@@ -238,6 +253,8 @@ def save_agent(agent: SAC, directory, name: str, *, metadata: dict, run: Run | N
     :func:`load_agent` can refuse a policy that would read observations of another shape or meaning.
     """
     check_name(name)
+    if not isinstance(metadata, dict):
+        raise ValueError(f"metadata={metadata!r} is not allowed; expected a dict describing the game")
     path = Path(directory) / f"{name}{POLICY_SUFFIX}.zip"
     buffer = io.BytesIO()
     agent.save(buffer)
@@ -253,6 +270,8 @@ def load_agent(directory, name: str, *, expected: dict) -> tuple[SAC, dict] | No
     trained for another game. So does one whose files cannot be read.
     """
     check_name(name)
+    if not isinstance(expected, dict):
+        raise ValueError(f"expected={expected!r} is not allowed; expected a dict describing the game")
     path = Path(directory) / f"{name}{POLICY_SUFFIX}.zip"
     if not path.exists():
         return None

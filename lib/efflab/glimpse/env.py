@@ -49,9 +49,10 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch import Tensor
 
 from efflab.data.canvas import Canvases
+from efflab.data.digits import check_labels
 from efflab.glimpse.scenes import SceneConfig
 from efflab.glimpse.sensor import Sensor
-from efflab.glimpse.task_model import GlimpseClassifier
+from efflab.glimpse.task_model import GlimpseClassifier, check_positions
 from efflab.validation import check_int, check_seed
 
 
@@ -115,6 +116,8 @@ class Game:
         }
 
     def check_scenes(self, scenes: Canvases) -> None:
+        if not isinstance(scenes, Canvases):
+            raise ValueError(f"scenes of type {type(scenes).__name__} are not allowed; expected Canvases")
         size = self.scenes.canvas_size
         if len(scenes) == 0 or scenes.x.shape[1:] != (1, size, size):
             raise ValueError(
@@ -163,7 +166,12 @@ class Episodes:
     ):
         if not isinstance(game, Game):
             raise ValueError(f"game={game!r} is not allowed; expected a Game")
-        self.canvases, self.labels, self.positions = canvases, labels, positions
+        game.sensor.check_canvases(canvases)
+        check_labels("labels", labels, count=len(canvases))
+        if positions is not None:
+            check_positions(positions, game.sensor)
+        check_task_model(task_model)
+        self.canvases, self.labels, self.positions = canvases, torch.as_tensor(labels, dtype=torch.long), positions
         self.game, self.sensor, self.task_model, self.glimpses = game, game.sensor, task_model, game.glimpses
         n, size = len(canvases), game.glimpse_size
         self.readings = torch.zeros(n, self.glimpses, size, size)
@@ -197,6 +205,7 @@ class Episodes:
         if self.done:
             raise RuntimeError(f"the episodes are over: all {self.glimpses} glimpses were taken; start new ones")
         boxes = self.sensor.boxes(where)
+        self._check_count("where", boxes)
         readings = self.sensor.read(self.canvases, boxes)
         self.readings[:, self.step] = readings
         self.boxes[:, self.step] = boxes
@@ -209,7 +218,15 @@ class Episodes:
 
     def act(self, actions) -> Tensor:
         """One glimpse per episode for actions (B, 3) in [-1, 1] under the game's rules; return the rewards."""
-        return self.take(self.game.where(actions))
+        where = self.game.where(actions)
+        self._check_count("actions", where)
+        return self.take(where)
+
+    def _check_count(self, name: str, rows: Tensor) -> None:
+        if len(rows) != len(self):
+            raise ValueError(
+                f"{name} with {len(rows)} rows are not allowed; expected one per episode ({len(self)})"
+            )
 
     def observation(self) -> np.ndarray:
         """What the agent sees: the memory pooled to the game's observation grid (2 channels) and a one-hot step
@@ -217,6 +234,13 @@ class Episodes:
         pooled = F.adaptive_avg_pool2d(self.memory, self.game.observation_grid).flatten(1)
         step = F.one_hot(torch.full((len(self),), self.step), self.glimpses + 1).float()
         return torch.cat([pooled, step], dim=1).clamp(0, 1).numpy().astype(np.float32)
+
+
+def check_task_model(task_model) -> None:
+    if not isinstance(task_model, GlimpseClassifier):
+        raise ValueError(
+            f"task_model of type {type(task_model).__name__} is not allowed; expected a GlimpseClassifier"
+        )
 
 
 def observation_space(grid: int, glimpses: int) -> spaces.Box:
@@ -241,6 +265,7 @@ class GlimpseEnv(gym.Env):
         if not isinstance(game, Game):
             raise ValueError(f"game={game!r} is not allowed; expected a Game")
         game.check_scenes(scenes)
+        check_task_model(task_model)
         self.scenes, self.task_model, self.game = scenes, task_model, game
         self.observation_space = observation_space(game.observation_grid, game.glimpses)
         self.action_space = action_space()
@@ -252,6 +277,10 @@ class GlimpseEnv(gym.Env):
         return {"box": box, "belief": episodes.belief[0].numpy(), "score": float(episodes.score[0])}
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is not None:
+            check_seed(seed)
+        if options is not None and not isinstance(options, dict):
+            raise ValueError(f"options={options!r} is not allowed; expected a dict such as {{'index': 0}} or None")
         super().reset(seed=seed)
         index = (options or {}).get("index")
         if index is None:
@@ -284,6 +313,7 @@ class GlimpseVecEnv(VecEnv):
         if not isinstance(game, Game):
             raise ValueError(f"game={game!r} is not allowed; expected a Game")
         game.check_scenes(scenes)
+        check_task_model(task_model)
         self.scenes, self.task_model, self.game = scenes, task_model, game
         self.render_mode = None
         self.generator = torch.Generator().manual_seed(seed)
@@ -295,6 +325,12 @@ class GlimpseVecEnv(VecEnv):
         chosen = torch.randint(0, len(self.scenes), (self.num_envs,), generator=self.generator)
         self.episodes = Episodes(self.scenes.x[chosen], self.scenes.y[chosen], self.task_model, self.game)
         return self.episodes.observation()
+
+    def seed(self, seed: int | None = None) -> list[int | None]:
+        """Seed the next :meth:`reset` (stable-baselines3's interface); the seed is checked now."""
+        if seed is not None:
+            check_seed(seed)
+        return super().seed(seed)
 
     def reset(self) -> np.ndarray:
         if self._seeds[0] is not None:

@@ -98,11 +98,18 @@ class GlimpseBudget(Budget):
         return self.game.with_fixed_side(self.fixed_side)
 
 
+def check_game(game) -> None:
+    if not isinstance(game, Game):
+        raise ValueError(f"game={game!r} is not allowed; expected a Game")
+
+
 def train_scenes(game: Game, seed: int) -> Canvases:
+    check_game(game)
     return load_scenes("train", game.scenes, seed=seed)
 
 
 def test_scenes(game: Game, layouts: int, seed: int) -> Canvases:
+    check_game(game)
     return load_scenes("test", SceneConfig(**{**asdict(game.scenes), "layouts": layouts}), seed=seed)
 
 
@@ -230,6 +237,8 @@ def run_experiment(run: Run, budget: GlimpseBudget) -> GlimpseResult:
 
 def baselines(scenes: Canvases, task_model: GlimpseClassifier, game: Game, seeds) -> dict[str, list[EpisodeLog]]:
     """Episode logs of every baseline on ``scenes``: one per seed for ``random``, one for each fixed rule."""
+    if len(seeds) == 0:
+        raise ValueError("seeds=() is not allowed; expected at least one seed for the random baseline")
     logs = {}
     for name, make in BASELINES.items():
         if name == "random":
@@ -245,6 +254,7 @@ def check_task_model(accuracy: float) -> None:
     A reward is the change of the task model's score; if even a perfectly placed glimpse leaves the model unsure,
     every reward is noise and SAC learns nothing (the risk the paper's pre-training phase removes).
     """
+    check_fraction("accuracy", accuracy, inclusive=True)
     if accuracy < IDEAL_ACCURACY_GATE:
         raise RuntimeError(
             f"the task model reads ideal glimpses with accuracy {accuracy:.3f} < {IDEAL_ACCURACY_GATE}; "
@@ -252,8 +262,16 @@ def check_task_model(accuracy: float) -> None:
         )
 
 
+def check_runs(name: str, runs) -> None:
+    """One :class:`EpisodeLog` per seed, at least one."""
+    if not isinstance(runs, list | tuple) or not runs or not all(isinstance(log, EpisodeLog) for log in runs):
+        raise ValueError(f"{name} is not allowed; expected a non-empty list of EpisodeLogs (one per seed)")
+
+
 def accuracy_curves(logs: dict[str, list[EpisodeLog]]) -> dict[str, np.ndarray]:
     """Accuracy after 0..T glimpses, (seeds, T + 1) per name."""
+    for name, runs in logs.items():
+        check_runs(name, runs)
     return {name: np.stack([log.accuracy() for log in runs]) for name, runs in logs.items()}
 
 
@@ -261,6 +279,8 @@ def summary_table(logs: dict[str, list[EpisodeLog]], *, step: int | None = None)
     """Accuracy after ``step`` glimpses (default: all of them) per policy: mean, min and max over seeds."""
     rows = []
     for name, curve in accuracy_curves(logs).items():
+        if step is not None:
+            check_int("step", step, low=0, high=curve.shape[1] - 1)
         at = curve[:, -1 if step is None else step]
         rows.append({"policy": name, "accuracy": at.mean(), "min": at.min(), "max": at.max(), "seeds": len(at)})
     return pd.DataFrame(rows).set_index("policy")
@@ -268,6 +288,7 @@ def summary_table(logs: dict[str, list[EpisodeLog]], *, step: int | None = None)
 
 def sides_by_step(logs: list[EpisodeLog]) -> np.ndarray:
     """Glimpse sides (N x seeds, T) pooled over the seeds' episodes."""
+    check_runs("logs", logs)
     return torch.cat([log.boxes[..., 2] for log in logs]).numpy()
 
 
@@ -279,6 +300,8 @@ def scale_pattern(logs: list[EpisodeLog], canvas_size: int, *, whole: float = 0.
     "no consistent pattern".
     """
     check_fraction("whole", whole)
+    check_int("canvas_size", canvas_size, low=1)
+    check_runs("logs", logs)
     first = np.array([log.mean_side()[0] for log in logs])
     last = np.array([log.mean_side()[-1] for log in logs])
     if (first > last).all() and (first >= whole * canvas_size).all():
@@ -290,6 +313,7 @@ def scale_pattern(logs: list[EpisodeLog], canvas_size: int, *, whole: float = 0.
 
 def standard_error(test_scenes: int) -> float:
     """The largest standard error of a difference of two accuracies, each a mean over ``test_scenes`` scenes."""
+    check_int("test_scenes", test_scenes, low=1)
     return math.sqrt(2 * 0.25 / test_scenes)
 
 

@@ -27,7 +27,7 @@ from efflab.data.canvas import Canvases
 from efflab.glimpse.env import Episodes, Game, actions_from_where
 from efflab.glimpse.sensor import Sensor
 from efflab.glimpse.task_model import GlimpseClassifier, ideal_boxes
-from efflab.validation import check_seed
+from efflab.validation import check_int, check_seed
 
 if TYPE_CHECKING:
     from stable_baselines3.common.base_class import BaseAlgorithm
@@ -140,6 +140,9 @@ def play(
     if not isinstance(game, Game):
         raise ValueError(f"game={game!r} is not allowed; expected a Game")
     game.check_scenes(scenes)
+    if not callable(policy):
+        raise ValueError(f"policy={policy!r} is not allowed; expected a function of the episodes")
+    check_int("chunk", chunk, low=1)
     logs = []
     for start in range(0, len(scenes), chunk):
         part = slice(start, start + chunk)

@@ -86,6 +86,7 @@ class Sensor:
     def whole_scene(self, n: int) -> Tensor:
         """``n`` copies (n, 3) of the largest box, at the top-left corner: with the default ``max_side``, the
         whole scene."""
+        check_int("n", n, low=1)
         return torch.tensor([0, 0, self.max_side]).expand(n, 3)
 
     def where_for(self, boxes: Tensor) -> Tensor:
@@ -95,13 +96,12 @@ class Sensor:
         coordinate aims at the middle of the interval that floors to the wanted integer, so rounding cannot move
         the box.
         """
-        boxes = torch.as_tensor(boxes, dtype=torch.long)
+        boxes = torch.as_tensor(boxes)
+        self.check_boxes(boxes)
         top, left, side = boxes.unbind(1)
         if (side < self.min_side).any() or (side > self.max_side).any():
             raise ValueError(f"boxes is not allowed: expected sides in [{self.min_side}, {self.max_side}]")
         room = self.canvas_size - side
-        if (top < 0).any() or (left < 0).any() or (top > room).any() or (left > room).any():
-            raise ValueError("boxes is not allowed: expected every box inside the canvas")
         span = max(self.max_side - self.min_side, 1)
         z = ((side - self.min_side).double() + 0.5) / span
         z = torch.where(side == self.max_side, torch.ones_like(z), z)
@@ -109,6 +109,28 @@ class Sensor:
         y = torch.where(room > 0, (top.double() + 0.5) / safe_room, torch.zeros_like(z)).clamp(max=1)
         x = torch.where(room > 0, (left.double() + 0.5) / safe_room, torch.zeros_like(z)).clamp(max=1)
         return torch.stack([y, x, z.clamp(max=1)], dim=1)
+
+    def check_boxes(self, boxes, count: int | None = None, name: str = "boxes") -> None:
+        """Raise a ValueError unless ``boxes`` is an integer tensor (B, 3) = (top, left, side), ``count`` rows when
+        given, of boxes with a side >= 1 that lie inside the canvas."""
+        integral = isinstance(boxes, Tensor) and not (boxes.is_floating_point() or boxes.dtype == torch.bool)
+        if not integral or boxes.ndim != 2 or boxes.shape[1] != 3 or (count is not None and len(boxes) != count):
+            shape = tuple(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
+            rows = "B" if count is None else count
+            raise ValueError(f"{name} with shape {shape} is not allowed; expected integers ({rows}, 3)")
+        top, left, side = boxes.unbind(1)
+        room = self.canvas_size - side
+        if ((side < 1) | (top < 0) | (left < 0) | (top > room) | (left > room)).any():
+            raise ValueError(f"{name} is not allowed: expected every box inside the canvas, with a side >= 1")
+
+    def check_canvases(self, canvases, name: str = "canvases") -> None:
+        """Raise a ValueError unless ``canvases`` is a finite tensor (B, 1, H, W) at the sensor's size."""
+        size = self.canvas_size
+        if not isinstance(canvases, Tensor) or canvases.ndim != 4 or canvases.shape[1:] != (1, size, size):
+            shape = tuple(canvases.shape) if isinstance(canvases, Tensor) else type(canvases).__name__
+            raise ValueError(f"{name} with shape {shape} are not allowed; expected (B, 1, {size}, {size})")
+        if not torch.isfinite(canvases).all():
+            raise ValueError(f"{name} with NaN or infinite pixels are not allowed; expected finite pixels")
 
     def cell_edges(self, start: Tensor, side: Tensor) -> tuple[Tensor, Tensor]:
         """First and one-past-last scene index (B, G) of each reading cell along one axis.
@@ -133,6 +155,8 @@ class Sensor:
     def read(self, canvases: Tensor, boxes: Tensor) -> Tensor:
         """The ``G x G`` readings (B, G, G) of ``canvases`` (B, 1, H, W) in ``boxes`` (B, 3), by area averaging:
         ``rows @ scene @ columns.T`` with the :meth:`pooling_matrices` of each box."""
+        self.check_canvases(canvases)
+        self.check_boxes(boxes, len(canvases))
         top, left, side = boxes.unbind(1)
         rows, columns = self.pooling_matrices(top, side), self.pooling_matrices(left, side)
         return rows @ canvases[:, 0].float() @ columns.transpose(1, 2)
@@ -148,6 +172,12 @@ class Sensor:
         Scene pixel ``r`` of a box starting at ``top`` shows reading cell ``floor((r - top) G / s)`` (nearest
         neighbour). A pixel takes the new value only where the new view is at least as sharp as the stored one.
         """
+        size, glimpse = self.canvas_size, self.glimpse_size
+        if not isinstance(memory, Tensor) or memory.ndim != 4 or memory.shape[1:] != (2, size, size):
+            raise ValueError(f"memory is not allowed; expected a tensor (B, 2, {size}, {size})")
+        if not isinstance(readings, Tensor) or readings.shape != (len(memory), glimpse, glimpse):
+            raise ValueError(f"readings is not allowed; expected a tensor ({len(memory)}, {glimpse}, {glimpse})")
+        self.check_boxes(boxes, len(memory))
         top, left, side = boxes.unbind(1)
         pixels = torch.arange(self.canvas_size)
         rows = pixels[None, :] - top[:, None]  # (B, H): position inside the box, negative or >= s when outside
@@ -170,6 +200,9 @@ class Sensor:
 
     def remember(self, canvases: Tensor, boxes: Tensor) -> Tensor:
         """The memory (B, 2, H, W) after glimpses ``boxes`` (B, T, 3) of ``canvases``, taken in order."""
+        self.check_canvases(canvases)
+        if not isinstance(boxes, Tensor) or boxes.ndim != 3 or (len(boxes), boxes.shape[-1]) != (len(canvases), 3):
+            raise ValueError(f"boxes is not allowed; expected a tensor ({len(canvases)}, T, 3) of glimpse boxes")
         memory = self.empty_memory(len(canvases))
         for step in range(boxes.shape[1]):  # a loop over a handful of glimpses, not over samples or pixels
             memory = self.paint(memory, self.read(canvases, boxes[:, step]), boxes[:, step])

@@ -38,7 +38,7 @@ from efflab.data.digits import N_CLASSES
 from efflab.glimpse.sensor import Sensor
 from efflab.runtime import Run
 from efflab.train import TrainConfig, fit
-from efflab.validation import check_fraction, check_int
+from efflab.validation import check_fraction, check_int, check_positive, check_seed
 
 DIGIT_SIZE = 8  # the canvases' digits are scikit-learn's 8x8 images
 
@@ -50,8 +50,12 @@ def box_code(boxes: Tensor, dim: int, unit: float) -> Tensor:
     frequencies ``w_k = 100^(-k / n)``, k = 0..n-1, n = dim / 8 (a short coordinate range needs a smaller base than
     the 10,000 of text transformers).
     """
+    check_int("dim", dim, low=8)
     if dim % 8:
         raise ValueError(f"dim={dim!r} is not allowed; expected a multiple of 8 (four edges, sine and cosine)")
+    check_positive("unit", unit)
+    if not isinstance(boxes, Tensor) or boxes.ndim == 0 or boxes.shape[-1] != 3:
+        raise ValueError("boxes is not allowed; expected a tensor (..., 3) = (top, left, side)")
     top, left, side = boxes.float().unbind(-1)
     edges = torch.stack([top, left, top + side, left + side], dim=-1) / unit  # (..., 4)
     n = dim // 8
@@ -75,6 +79,12 @@ class TaskModelConfig:
             raise ValueError(
                 f"d_model={self.d_model!r} is not allowed; expected a multiple of 8 and of n_heads={self.n_heads}"
             )
+        if not isinstance(self.channels, tuple) or len(self.channels) != 2:
+            raise ValueError(
+                f"channels={self.channels!r} is not allowed; expected two conv widths (first, second)"
+            )
+        for width in self.channels:
+            check_int("channels", width, low=1)
 
 
 class GlimpseClassifier(nn.Module):
@@ -83,6 +93,8 @@ class GlimpseClassifier(nn.Module):
 
     def __init__(self, config: TaskModelConfig):
         super().__init__()
+        if not isinstance(config, TaskModelConfig):
+            raise ValueError(f"config={config!r} is not allowed; expected a TaskModelConfig")
         self.config = config
         first, second = config.channels
         side = config.glimpse_size // 4
@@ -112,6 +124,15 @@ class GlimpseClassifier(nn.Module):
         return embedded + box_code(boxes, self.config.d_model, unit=self.config.glimpse_size)
 
     def forward(self, readings: Tensor, boxes: Tensor) -> Tensor:
+        size = self.config.glimpse_size
+        if readings.ndim != 4 or readings.shape[2:] != (size, size):
+            raise ValueError(
+                f"readings with shape {tuple(readings.shape)} are not allowed; expected (B, T, {size}, {size})"
+            )
+        if boxes.shape != (*readings.shape[:2], 3):
+            raise ValueError(
+                f"boxes with shape {tuple(boxes.shape)} are not allowed; expected {(*readings.shape[:2], 3)}"
+            )
         n, steps = boxes.shape[:2]
         keys = torch.cat([self.null_token.expand(n, 1, -1), self.tokens(readings, boxes)], dim=1)
         queries = self.query.expand(n, steps + 1, -1)
@@ -121,15 +142,38 @@ class GlimpseClassifier(nn.Module):
         return self.head(self.norm(pooled))
 
 
+def check_positions(positions, sensor: Sensor) -> None:
+    """Digit corners (B, 2): integers that keep the whole 8 px digit on the sensor's canvas."""
+    integral = isinstance(positions, Tensor) and not (
+        positions.is_floating_point() or positions.dtype == torch.bool
+    )
+    if not integral or positions.ndim != 2 or positions.shape[1] != 2:
+        raise ValueError("positions is not allowed; expected integer digit corners (B, 2) = (row, col)")
+    if ((positions < 0) | (positions > sensor.canvas_size - DIGIT_SIZE)).any():
+        raise ValueError(f"positions is not allowed: expected corners in [0, {sensor.canvas_size - DIGIT_SIZE}]")
+
+
+def check_mixture(around_digit, whole_scene) -> None:
+    """The shares of task-model glimpses around the digit and of the whole scene: fractions with a sum <= 1."""
+    check_fraction("around_digit", around_digit, inclusive=True)
+    check_fraction("whole_scene", whole_scene, inclusive=True)
+    if around_digit + whole_scene > 1:
+        raise ValueError(
+            f"around_digit + whole_scene = {around_digit + whole_scene!r} is not allowed; expected at most 1"
+        )
+
+
 def digit_boxes(positions: Tensor, sensor: Sensor, generator: torch.Generator, *, max_side: int) -> Tensor:
     """Random boxes (B, 3) that contain the whole digit whose top-left corner is ``positions`` (B, 2).
 
     The side is uniform in ``[max(min_side, 8), max_side]``, the offset uniform among the boxes that still hold
-    the digit and lie on the canvas.
+    the digit and lie on the canvas (``max_side`` is capped at the canvas).
     """
+    check_positions(positions, sensor)
+    check_int("max_side", max_side, low=1)
     n = len(positions)
     low = max(sensor.min_side, DIGIT_SIZE)
-    side = torch.randint(low, max(low, max_side) + 1, (n,), generator=generator)
+    side = torch.randint(low, min(max(low, max_side), sensor.canvas_size) + 1, (n,), generator=generator)
     slack = side - DIGIT_SIZE
     room = sensor.canvas_size - side
     corner = positions - (torch.rand(n, 2, generator=generator) * (slack[:, None] + 1)).long()
@@ -142,6 +186,7 @@ def training_boxes(
 ) -> Tensor:
     """One glimpse per scene for task-model training: around the digit with probability ``around_digit``, the
     whole scene with probability ``whole_scene``, otherwise uniformly random coordinates."""
+    check_mixture(around_digit, whole_scene)
     n = len(positions)
     choice = torch.rand(n, generator=generator)[:, None]
     uniform = sensor.boxes(torch.rand(n, 3, generator=generator, dtype=torch.float64))
@@ -167,13 +212,8 @@ class TaskModelBudget:
         check_int("steps", self.steps, low=1)
         check_int("batch_size", self.batch_size, low=1)
         check_int("glimpses", self.glimpses, low=1)
-        check_fraction("around_digit", self.around_digit, inclusive=True)
-        check_fraction("whole_scene", self.whole_scene, inclusive=True)
-        if self.around_digit + self.whole_scene > 1:
-            raise ValueError(
-                f"around_digit + whole_scene = {self.around_digit + self.whole_scene!r} is not allowed; "
-                "expected at most 1"
-            )
+        check_positive("lr", self.lr)
+        check_mixture(self.around_digit, self.whole_scene)
 
     @classmethod
     def quick(cls) -> TaskModelBudget:
@@ -195,6 +235,7 @@ def random_episodes(
     scenes: Canvases, sensor: Sensor, budget: TaskModelBudget, generator: torch.Generator
 ) -> tuple[Tensor, Tensor]:
     """A training batch: readings (B, T, G, G) and a target (B, 1 + 3T): the label, then the T boxes, flattened."""
+    check_training(scenes, sensor, budget)
     chosen = torch.randint(0, len(scenes), (budget.batch_size,), generator=generator)
     canvases, positions = scenes.x[chosen], scenes.positions[chosen]
     boxes = torch.stack(
@@ -208,6 +249,25 @@ def random_episodes(
     )
     readings = torch.stack([sensor.read(canvases, boxes[:, t]) for t in range(budget.glimpses)], dim=1)
     return readings, torch.cat([scenes.y[chosen, None], boxes.flatten(1)], dim=1)
+
+
+def check_training(scenes: Canvases, sensor: Sensor, budget: TaskModelBudget) -> None:
+    """Task-model training needs Canvases at the sensor's size (their pixels are checked when they are made)."""
+    if not isinstance(sensor, Sensor):
+        raise ValueError(f"sensor={sensor!r} is not allowed; expected a Sensor")
+    if not isinstance(scenes, Canvases) or scenes.x.shape[-1] != sensor.canvas_size or len(scenes) == 0:
+        raise ValueError(
+            f"scenes are not allowed; expected Canvases of {sensor.canvas_size} px, the sensor's size"
+        )
+    if not isinstance(budget, TaskModelBudget):
+        raise ValueError(f"budget={budget!r} is not allowed; expected a TaskModelBudget")
+
+
+def check_task_config(config: TaskModelConfig, sensor: Sensor) -> None:
+    if not isinstance(config, TaskModelConfig) or config.glimpse_size != sensor.glimpse_size:
+        raise ValueError(
+            f"config={config!r} is not allowed; expected a TaskModelConfig with glimpse_size={sensor.glimpse_size}"
+        )
 
 
 def episode_loss(model: GlimpseClassifier, readings: Tensor, target: Tensor) -> Tensor:
@@ -229,7 +289,10 @@ def train_task_model(
 ) -> tuple[GlimpseClassifier, pd.DataFrame]:
     """Train a fresh :class:`GlimpseClassifier` on random glimpse episodes of ``scenes``; return it frozen
     (eval mode, no gradients) with its training history."""
-    config = config or TaskModelConfig(glimpse_size=sensor.glimpse_size)
+    check_training(scenes, sensor, budget)
+    config = TaskModelConfig(glimpse_size=sensor.glimpse_size) if config is None else config
+    check_task_config(config, sensor)
+    check_seed(seed)
     torch.manual_seed(seed)
     model = GlimpseClassifier(config).to(device)
     generator = torch.Generator().manual_seed(seed)
@@ -267,7 +330,10 @@ def cached_task_model(
     canvases themselves cheaply, so the caller names them. ``history.attrs`` says how long training took and
     whether this call loaded the model from the cache.
     """
-    config = config or TaskModelConfig(glimpse_size=sensor.glimpse_size)
+    check_training(scenes, sensor, budget)
+    config = TaskModelConfig(glimpse_size=sensor.glimpse_size) if config is None else config
+    check_task_config(config, sensor)
+    check_seed(seed)
     key = {"scenes": scene_key, "sensor": asdict(sensor), "budget": asdict(budget), "model": asdict(config)}
     key["seed"] = seed
 
@@ -297,6 +363,7 @@ def cached_task_model(
 
 def beliefs(model: GlimpseClassifier, readings: Tensor, boxes: Tensor, *, chunk: int = 2048) -> Tensor:
     """Class probabilities (B, T + 1, 10) after 0..T glimpses, computed in chunks without gradients."""
+    check_int("chunk", chunk, low=1)
     device = next(model.parameters()).device
     parts = []
     with torch.no_grad():
@@ -309,6 +376,7 @@ def beliefs(model: GlimpseClassifier, readings: Tensor, boxes: Tensor, *, chunk:
 def ideal_boxes(positions: Tensor, sensor: Sensor, side: int | None = None) -> Tensor:
     """Boxes of ``side`` (default: the sharpest that holds a digit, ``max(min_side, 8)``) centred on the digits
     whose corners are ``positions`` (B, 2), moved onto the canvas where they would stick out."""
+    check_positions(positions, sensor)
     side = max(sensor.min_side, DIGIT_SIZE) if side is None else side
     check_int("side", side, low=sensor.min_side, high=sensor.max_side)
     margin = (side - DIGIT_SIZE) // 2
