@@ -14,12 +14,18 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
 from efflab.data.digits import Split, infinite_batches
-from efflab.train import TrainConfig, classification_metrics, cross_entropy, make_optimizer, run_evaluation
-from efflab.validation import check_int, check_positive
+from efflab.train import (
+    TrainConfig,
+    classification_metrics,
+    cross_entropy,
+    make_optimizer,
+    model_device,
+    run_evaluation,
+)
+from efflab.validation import check_fraction, check_int, check_positive, check_seed
 
 _COUNT_SLACK = 1e-9
 
@@ -30,6 +36,8 @@ def scheduled_count(ratio: float, total: int) -> int:
     Rounding down keeps the count monotone in the ratio (nested schedules stay nested) and, for ``ratio < 1``,
     always leaves at least one unit, which matters for a 16-channel layer at 98 %.
     """
+    check_fraction("ratio", ratio, inclusive=True)
+    check_int("total", total, low=0)
     return min(total, math.floor(ratio * total + _COUNT_SLACK))
 
 
@@ -110,6 +118,13 @@ def finetune(
         check_int("steps", steps, low=0)
     else:
         check_patience(patience)
+    if not isinstance(budget, FinetuneBudget):
+        raise ValueError(f"budget={budget!r} is not allowed; expected a FinetuneBudget")
+    for name, split in (("train", train), ("val", val)):
+        if not isinstance(split, Split) or len(split) == 0:
+            raise ValueError(f"{name} must be a non-empty Split of images and labels; got {type(split).__name__}")
+    check_seed(seed)
+    model_device(model)  # a model without parameters has nothing to fine-tune
     per_epoch = budget.steps_per_epoch(train)
     limit = steps if steps is not None else budget.max_epochs_per_step * per_epoch
     # A fresh optimiser for every phase, as the authors do: old moments describe weights that are gone.
@@ -144,10 +159,6 @@ def finetune(
     return Phase(done, done / per_epoch, best["val_loss"], best["val_accuracy"], best_step / per_epoch)
 
 
-def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def check_patience(patience) -> None:
+def check_patience(patience, name: str = "patience") -> None:
     """Patience counts epochs without improvement; 0 stops at the first epoch that does not improve."""
-    check_int("patience", patience, low=0)
+    check_int(name, patience, low=0)

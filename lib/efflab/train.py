@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass
 
 import pandas as pd
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from efflab.validation import check_choice, check_fraction, check_int, check_positive
+from efflab.validation import check_choice, check_fraction, check_int, check_positive, check_range, check_seed
 
 Batch = tuple[Tensor, Tensor]
 LossFunction = Callable[[nn.Module, Tensor, Tensor], Tensor]
@@ -55,10 +55,22 @@ class TrainConfig:
         if self.grad_clip is not None:
             check_positive("grad_clip", self.grad_clip)
         check_choice("optimizer", self.optimizer, ("adamw", "sgd"))
+        if not (isinstance(self.betas, tuple) and len(self.betas) == 2):
+            raise ValueError(f"betas={self.betas!r} is not allowed; expected a pair (beta1, beta2)")
+        for index, beta in enumerate(self.betas):
+            check_range(f"betas[{index}]", beta, low=0, high=1, high_open=True)
+        check_range("momentum", self.momentum, low=0, high=1, high_open=True)
+
+
+def check_config(config) -> None:
+    if not isinstance(config, TrainConfig):
+        raise ValueError(f"config={config!r} is not allowed; expected a TrainConfig")
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
     """Multiplier of the peak learning rate at ``step`` (0-based): linear warmup, then cosine decay."""
+    check_int("step", step, low=0)
+    check_config(config)
     if step < config.warmup_steps:
         return (step + 1) / config.warmup_steps
     decay_steps = max(1, config.steps - config.warmup_steps)
@@ -84,9 +96,15 @@ def make_optimizer(model: nn.Module, config: TrainConfig, param_groups: list[dic
     ``name``; without groups every parameter gets the base rate. A group with ``lr_schedule``, a function of the
     0-based step returning that group's learning rate, follows its own schedule instead (``fit`` calls it
     every step; relative schedules give each component its own peak and end)."""
+    check_config(config)
     groups = param_groups if param_groups is not None else [{"params": list(model.parameters())}]
     prepared = []
     for group in groups:
+        if not (isinstance(group, dict) and "params" in group):
+            raise ValueError(f"param_groups holds a {type(group).__name__}; expected dicts with 'params'")
+        schedule = group.get("lr_schedule")
+        if schedule is not None and not callable(schedule):
+            raise ValueError(f"lr_schedule={schedule!r} is not allowed; expected a function of the step")
         scale = group.get("lr_scale", 1.0)
         check_positive("lr_scale", scale, allow_zero=True)
         prepared.append({**group, "lr_scale": scale, "lr": config.lr * scale})
@@ -95,11 +113,40 @@ def make_optimizer(model: nn.Module, config: TrainConfig, param_groups: list[dic
     return torch.optim.AdamW(prepared, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
 
 
-def _batch_source(batches: Iterable[Batch] | Callable[[], Batch]) -> Callable[[], Batch]:
+def model_device(model: nn.Module) -> torch.device:
+    """The device of a model's first parameter; a model without parameters has nothing to train or score."""
+    parameter = next(model.parameters(), None)
+    if parameter is None:
+        raise ValueError("model has no parameters; expected a model with at least one parameter")
+    return parameter.device
+
+
+def _batch_source(batches: Iterable[Batch] | Callable[[], Batch], steps: int) -> Callable[[], Batch]:
+    """A function returning the next (inputs, targets); running out before ``steps`` batches is the caller's
+    mistake, reported as such rather than as a bare StopIteration."""
     if callable(batches):
-        return batches
-    iterator: Iterator[Batch] = iter(batches)
-    return lambda: next(iterator)
+        source = batches
+    elif isinstance(batches, Iterable):
+        if isinstance(batches, Sized) and len(batches) < steps:
+            raise ValueError(f"batches holds {len(batches)} batches; expected at least config.steps={steps}")
+        iterator: Iterator[Batch] = iter(batches)
+
+        def source() -> Batch:
+            try:
+                return next(iterator)
+            except StopIteration:
+                raise ValueError(f"batches ran out before config.steps={steps} batches") from None
+
+    else:
+        raise ValueError(f"batches={batches!r} is not allowed; expected an iterable of batches or a function")
+
+    def next_batch() -> Batch:
+        batch = source()
+        if not (isinstance(batch, tuple | list) and len(batch) == 2 and all(isinstance(t, Tensor) for t in batch)):
+            raise ValueError(f"batches gave {type(batch).__name__}; expected (inputs, targets), two tensors")
+        return batch
+
+    return next_batch
 
 
 def progress_enabled(progress: bool | None) -> bool:
@@ -125,10 +172,12 @@ def fit(
     in eval mode under ``torch.no_grad``) returns named metrics; they appear in the history at the steps where
     they were measured. Columns: step, lr, loss, seconds (since the start), then the metrics.
     """
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    check_config(config)
+    own_device = model_device(model)  # also checks that there is something to train
+    device = torch.device(device) if device is not None else own_device
+    next_batch = _batch_source(batches, config.steps)
     model.to(device)
     optimizer = make_optimizer(model, config, param_groups)
-    next_batch = _batch_source(batches)
     rows: list[dict] = []
     start = time.perf_counter()
     bar = tqdm(range(config.steps), desc=description, disable=not progress_enabled(progress))
@@ -172,11 +221,17 @@ def classification_metrics(model: nn.Module, x: Tensor, y: Tensor, batch_size: i
     ``{prefix}_loss`` and ``{prefix}_accuracy`` (``prefix="test"`` when the split is the test set)."""
     check_int("batch_size", batch_size, low=1)
     check_choice("prefix", prefix, ("train", "val", "test"))
-    device = next(model.parameters()).device
+    if not (isinstance(x, Tensor) and isinstance(y, Tensor)) or len(x) != len(y) or len(x) == 0:
+        raise ValueError("x and y must be tensors of equally many examples, and at least one")
+    if y.dim() != 1 or y.dtype.is_floating_point or y.dtype == torch.bool or int(y.min()) < 0:
+        raise ValueError(f"y must be a 1-d tensor of class indices >= 0; got {y.dtype} of shape {tuple(y.shape)}")
+    device = model_device(model)
     total_loss, correct = 0.0, 0
     for start in range(0, len(x), batch_size):
         logits = model(x[start : start + batch_size].to(device))
         target = y[start : start + batch_size].to(device)
+        if int(target.max()) >= logits.shape[-1]:
+            raise ValueError(f"y holds label {int(target.max())}; the model scores {logits.shape[-1]} classes")
         total_loss += F.cross_entropy(logits, target, reduction="sum").item()
         correct += (logits.argmax(-1) == target).sum().item()
     return {f"{prefix}_loss": total_loss / len(x), f"{prefix}_accuracy": correct / len(x)}
@@ -198,9 +253,10 @@ def language_model_loss(
     same seed) scores the same text.
     """
     check_int("batches", batches, low=1)
-    block_size = block_size or model.config.block_size
+    check_seed(seed)
+    block_size = model.config.block_size if block_size is None else block_size  # the corpus checks both sizes
     generator = torch.Generator().manual_seed(seed)
-    device = next(model.parameters()).device
+    device = model_device(model)
     total = 0.0
     for _ in range(batches):
         x, y = corpus.get_batch(split, batch_size, block_size, generator=generator)
