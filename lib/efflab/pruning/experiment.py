@@ -52,7 +52,7 @@ from efflab.pruning.pruners import (
 )
 from efflab.runtime import Run, Timer, seed_everything, torch_threads
 from efflab.train import TrainConfig, classification_metrics, fit, run_evaluation
-from efflab.validation import check_choice, check_int, check_positive
+from efflab.validation import check_choice, check_int, check_positive, check_seed
 
 NAME = "01_pruning_one_shot_vs_iterative"
 ALL_CRITERIA = tuple(CRITERIA.items())
@@ -115,17 +115,28 @@ class PruningBudget(Budget):
         if "one-shot" not in self.regimes or "geometric" not in self.regimes:
             raise ValueError(f"regimes={self.regimes!r} is not allowed; one-shot and geometric are compared")
         for patience in self.patiences:
-            check_patience(patience)
+            check_patience(patience, "patiences")
         check_ratio("budget_ratio", self.budget_ratio)
         check_choice("budget_ratio", self.budget_ratio, self.unstructured_ratios)
+        for name in ("budget_epochs", "budget_regimes"):
+            if not getattr(self, name):
+                raise ValueError(f"{name}={getattr(self, name)!r} is not allowed; the budget study needs some")
         for epochs in self.budget_epochs:
             check_positive("budget_epochs", epochs)
+        if not isinstance(self.finetune, FinetuneBudget):
+            raise ValueError(f"finetune={self.finetune!r} is not allowed; expected a FinetuneBudget")
         for granularity, criteria in self.criteria:
             check_choice("granularity", granularity, GRANULARITIES)
             for criterion in criteria:
                 check_choice("criterion", criterion, CRITERIA[granularity])
         for granularity, criterion in self.main_criteria:
             check_choice("main_criteria", criterion, dict(self.criteria).get(granularity, ()))
+        granularities = [granularity for granularity, _ in self.main_criteria]
+        if "unstructured" not in granularities or len(granularities) != len(set(granularities)):
+            raise ValueError(
+                f"main_criteria={self.main_criteria!r} is not allowed; expected one criterion per granularity, "
+                "an unstructured one among them (patience and the budget study use it)"
+            )
         check_int("latency_batch", self.latency_batch, low=1)
         check_int("latency_repeats", self.latency_repeats, low=1)
 
@@ -246,6 +257,18 @@ class DenseTask:
     lr: float
     batch_size: int
 
+    def __post_init__(self):
+        check_seed(self.seed)
+        _check_model(self.model)
+        check_int("epochs", self.epochs, low=1)
+        check_positive("lr", self.lr)
+        check_int("batch_size", self.batch_size, low=1)
+
+
+def _check_model(model) -> None:
+    if not isinstance(model, CNNConfig):
+        raise ValueError(f"model={model!r} is not allowed; expected a CNNConfig")
+
 
 def train_dense(task: DenseTask) -> dict:
     """The dense model's state dict and its test accuracy, parameters and FLOPs."""
@@ -290,6 +313,27 @@ class PruneTask:
     model: CNNConfig
     dense_state: dict = field(repr=False, compare=False)
     keep_model: bool = False
+
+    def __post_init__(self):
+        check_seed(self.seed)
+        check_choice("granularity", self.granularity, GRANULARITIES)
+        check_choice("criterion", self.criterion, CRITERIA[self.granularity])
+        check_choice("regime", self.regime, REGIMES)
+        check_ratio("ratio", self.ratio)
+        check_choice("kind", self.kind, ("main", "budget", "patience"))
+        check_positive("epochs", self.epochs)
+        if (self.patience is None) == (self.kind == "patience"):
+            raise ValueError(
+                f"patience={self.patience!r} is not allowed for kind={self.kind!r}; patience runs "
+                "(and only they) set it"
+            )
+        if self.patience is not None:
+            check_patience(self.patience)
+        check_int("steps", self.steps, low=2)
+        check_ratio("hybrid_start", self.hybrid_start)
+        if not isinstance(self.finetune, FinetuneBudget):
+            raise ValueError(f"finetune={self.finetune!r} is not allowed; expected a FinetuneBudget")
+        _check_model(self.model)
 
     @property
     def cost(self) -> float:
@@ -634,9 +678,16 @@ def crossover_ratio(ratios, early, late) -> float:
     when it is still behind at the highest ratio (no crossover on this grid).
     """
     ratios = np.asarray(ratios, dtype=float)
-    gap = np.asarray(late, dtype=float) - np.asarray(early, dtype=float)
-    if gap.shape != ratios.shape:
-        raise ValueError(f"early and late have shape {gap.shape}; expected {ratios.shape}, one value per ratio")
+    if ratios.ndim != 1 or len(ratios) == 0 or not np.all(np.diff(ratios) > 0):
+        raise ValueError(f"ratios={ratios.tolist()!r} is not allowed; expected increasing ratios, at least one")
+    early, late = np.asarray(early, dtype=float), np.asarray(late, dtype=float)
+    if early.shape != ratios.shape or late.shape != ratios.shape:
+        raise ValueError(
+            f"early and late have shapes {early.shape} and {late.shape}; expected {ratios.shape}, one per ratio"
+        )
+    if not (np.all(np.isfinite(early)) and np.all(np.isfinite(late))):
+        raise ValueError("early and late must be finite accuracies; a NaN would hide the crossing")
+    gap = late - early
     behind = np.flatnonzero(gap < 0)
     if behind.size == 0:
         return float(ratios[0])
@@ -736,7 +787,10 @@ AGREES, DISAGREES, MIXED, TIE = "agrees", "disagrees", "mixed", "tie"
 def verdict(gaps, tolerance: float) -> str:
     """How per-seed gaps (positive: the paper's side ahead) read: every seed for, every seed against, some of
     each, or all within ``tolerance`` (a tie). Seeds within the tolerance count for neither side."""
+    check_positive("tolerance", tolerance, allow_zero=True)
     gaps = np.asarray(list(gaps), dtype=float)
+    if not np.all(np.isfinite(gaps)):
+        raise ValueError(f"gaps={gaps.tolist()!r} is not allowed; expected finite numbers")
     ahead, behind = int((gaps > tolerance).sum()), int((gaps < -tolerance).sum())
     if ahead and behind:
         return MIXED

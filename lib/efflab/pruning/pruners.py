@@ -69,7 +69,7 @@ from efflab.finetune import FinetuneBudget, check_patience, finetune, model_devi
 from efflab.flops import count_nonzero_parameters, count_parameters, module_forward_flops
 from efflab.timing import median_times
 from efflab.train import classification_metrics, run_evaluation
-from efflab.validation import check_choice, check_int, check_seed
+from efflab.validation import check_choice, check_int, check_seed, is_number
 
 REGIMES = ("one-shot", "constant", "geometric", "hybrid")  # patience combines with each of them
 GRANULARITIES = ("unstructured", "structured")
@@ -84,8 +84,7 @@ class SparsityMismatch(RuntimeError):
 
 def check_ratio(name: str, value) -> None:
     """A pruning ratio is a fraction of the original weights in [0, 1): 1 would remove everything."""
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1
-    if not ok:
+    if not (is_number(value) and 0 <= value < 1):
         raise ValueError(f"{name}={value!r} is not allowed; expected a pruning ratio in [0, 1)")
 
 
@@ -107,6 +106,8 @@ class Schedule:
     cumulative: tuple[float, ...]
 
     def __post_init__(self):
+        if not (isinstance(self.regime, str) and self.regime):
+            raise ValueError(f"regime={self.regime!r} is not allowed; expected a name, such as one of {REGIMES}")
         check_ratio("ratio", self.ratio)
         values = tuple(float(v) for v in self.cumulative)
         if not values:
@@ -178,10 +179,15 @@ def hybrid_schedule(ratio: float, start: float, steps: int) -> Schedule:
 
 
 def make_schedule(regime: str, ratio: float, *, steps: int = 5, hybrid_start: float = 0.7) -> Schedule:
-    """The schedule of a named regime (patience is a fine-tuning option, not a regime: see :func:`curve_name`)."""
+    """The schedule of a named regime (patience is a fine-tuning option, not a regime: see :func:`curve_name`).
+
+    Every argument is checked, also those the regime does not use: a mistyped value is a mistake either way.
+    """
     check_choice("regime", regime, REGIMES)
+    check_ratio("ratio", ratio)
+    check_int("steps", steps, low=1)
+    check_ratio("hybrid_start", hybrid_start)
     if regime == "one-shot":
-        check_ratio("ratio", ratio)
         return one_shot_schedule(ratio)
     if regime == "constant":
         return constant_schedule(ratio, steps)
@@ -204,6 +210,8 @@ def schedule_table(schedules) -> pd.DataFrame:
     the weights still there before it."""
     rows = []
     for schedule in schedules:
+        if not isinstance(schedule, Schedule):
+            raise ValueError(f"schedules holds {schedule!r}; expected Schedule objects")
         for step, (cumulative, removed, share) in enumerate(
             zip(schedule.cumulative, schedule.removed_per_step, schedule.share_of_remaining, strict=True), start=1
         ):
@@ -419,6 +427,7 @@ class StructuredPruner:
         import torch_pruning as tp  # imported here: only structured pruning needs it
 
         check_choice("criterion", criterion, STRUCTURED_CRITERIA)
+        check_example_inputs(example_inputs)
         self.model = model
         self.criterion = criterion
         self.example_inputs = example_inputs
@@ -481,14 +490,19 @@ class StructuredPruner:
         )
 
 
+def check_example_inputs(example_inputs) -> None:
+    """Structured pruning traces the model on a batch of inputs; it must be a tensor with a batch dimension."""
+    if not isinstance(example_inputs, Tensor) or example_inputs.dim() < 2 or len(example_inputs) == 0:
+        got = "None" if example_inputs is None else f"a {type(example_inputs).__name__}"
+        raise ValueError(f"example_inputs is {got}; structured pruning needs a batch of inputs (a tensor)")
+
+
 def make_pruner(model: nn.Module, granularity: str, criterion: str, *, seed: int = 0, example_inputs=None):
     """An :class:`UnstructuredPruner` or a :class:`StructuredPruner` for ``model``."""
     check_choice("granularity", granularity, GRANULARITIES)
     check_choice("criterion", criterion, CRITERIA[granularity])
     if granularity == "unstructured":
         return UnstructuredPruner(model, criterion, seed=seed)
-    if example_inputs is None:
-        raise ValueError("example_inputs=None is not allowed for structured pruning; pass a batch of inputs")
     return StructuredPruner(model, criterion, example_inputs=example_inputs)
 
 
@@ -554,10 +568,16 @@ def prune_and_finetune(
     says what the run cost.
     Test accuracy is measured after every step, on a split that neither training nor checkpointing saw.
     """
-    budget = budget or FinetuneBudget()
+    budget = FinetuneBudget() if budget is None else budget
+    if not isinstance(budget, FinetuneBudget):
+        raise ValueError(f"budget={budget!r} is not allowed; expected a FinetuneBudget")
+    if not isinstance(schedule, Schedule):
+        raise ValueError(f"schedule={schedule!r} is not allowed; expected a Schedule")
     if patience is not None:
         check_patience(patience)
     check_seed(seed)
+    check_choice("granularity", granularity, GRANULARITIES)
+    check_choice("criterion", criterion, CRITERIA[granularity])
     model = copy.deepcopy(trained)
     example = data.train.x[:2].to(model_device(model))
     pruner = make_pruner(model, granularity, criterion, seed=seed, example_inputs=example)
@@ -629,6 +649,8 @@ def accuracy_without_finetuning(
         check_ratio("ratios", ratio)
     if ratios != sorted(ratios):
         raise ValueError(f"ratios={ratios!r} is not allowed; expected increasing ratios (the masks are nested)")
+    check_choice("criterion", criterion, UNSTRUCTURED_CRITERIA)
+    check_seed(seed)
     model = copy.deepcopy(trained)
     pruner = UnstructuredPruner(model, criterion, seed=seed)
     rows = []
@@ -655,6 +677,10 @@ def compare_latency(
     """
     if not models:
         raise ValueError("models={} is not allowed; expected at least one model to time")
+    if not isinstance(inputs, Tensor):
+        raise ValueError(f"inputs={inputs!r} is not allowed; expected a batch of inputs as a tensor")
+    check_int("repeats", repeats, low=1)
+    check_int("warmup", warmup, low=0)
     with torch.inference_mode():
         for model in models.values():
             model.eval()
