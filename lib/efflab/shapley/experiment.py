@@ -61,7 +61,7 @@ from efflab.shapley.values import (
     tabulate,
 )
 from efflab.train import TrainConfig, classification_metrics, fit, run_evaluation
-from efflab.validation import check_choice, check_fraction, check_int, check_positive
+from efflab.validation import check_choice, check_fraction, check_int, check_positive, check_seed
 
 # Estimator families; the ones with a budget take it as their "setting" (K, M or m).
 FAMILIES = (
@@ -79,6 +79,14 @@ FAMILIES = (
 )
 SAMPLED = ("permutations", "truncated permutations", "kernel regression", "plain regression", "random")
 NETWORK_METHODS = ("permutations", "leave-one-out", "L1 norm", "random")
+BUDGETED = (  # the families with a budget, their "setting"
+    "partial Shapley",
+    "partial Shapley (adding)",
+    "permutations",
+    "truncated permutations",
+    "kernel regression",
+    "plain regression",
+)
 
 
 def estimate(
@@ -91,8 +99,17 @@ def estimate(
     layer: str | None = None,
     truncation: float = 0.05,
 ) -> Estimate:
-    """Run one estimator family on ``game`` (norms need the ``model`` and ``layer`` instead of the game)."""
+    """Run one estimator family on ``game`` (norms need the ``model`` and ``layer`` instead of the game).
+
+    ``setting`` is the budget (K, M or m) of the families that have one, and must be None for the others.
+    """
     check_choice("family", family, FAMILIES)
+    check_seed(seed)
+    check_positive("truncation", truncation, allow_zero=True)
+    if family in BUDGETED:
+        check_int("setting", setting, low=1, high=game.players if family in PARTIAL else None)
+    elif setting is not None:
+        raise ValueError(f"setting={setting!r} is not allowed for family={family!r}; it has no budget (pass None)")
     if family == "exact Shapley":
         return exact_shapley(game)
     if family == "leave-one-out":
@@ -160,6 +177,8 @@ class ShapleyBudget(Budget):
         for layer in self.exact_layers:
             check_choice("exact_layers", layer, layers[:-1])
             check_enumerable(self.width(layer))
+            if self.width(layer) < 2:
+                raise ValueError(f"exact_layers={layer!r} has one channel; expected layers of at least 2 channels")
         for name in ("partial_orders", "permutations", "regression_samples"):
             values = getattr(self, name)
             if not values or list(values) != sorted(set(values)):
@@ -240,12 +259,12 @@ class ShapleyBudget(Budget):
 
     def width(self, layer: str) -> int:
         """The number of channels (players) of a layer of the unpruned model."""
+        check_choice("layer", layer, channel_layers(CNN(self.model_config())))
         return self.hidden if layer == "classifier.hidden" else self.widths[int(layer.split(".")[1])]
 
     def settings(self, family: str, players: int) -> list[int | None]:
         """The budgets a family is run at on a layer of ``players`` channels (``[None]`` when it has none)."""
-        check_choice("family", family, FAMILIES)
-        matched = self.matched_setting(family, players)
+        matched = self.matched_setting(family, players)  # checks both
         if family in PARTIAL:
             return sorted({order for order in self.partial_orders if order <= players} | {matched})
         if family in ("permutations", "truncated permutations"):
@@ -256,6 +275,8 @@ class ShapleyBudget(Budget):
 
     def matched_setting(self, family: str, players: int) -> int | None:
         """The head-to-head budget: about ``matched · n`` evaluations (see the class docstring)."""
+        check_choice("family", family, FAMILIES)
+        check_int("players", players, low=2)
         if family in PARTIAL:
             return min(2, players)
         if family in ("permutations", "truncated permutations"):
@@ -477,12 +498,17 @@ def prune_network(
     """
     check_choice("method", method, NETWORK_METHODS)
     check_fraction("ratio", ratio)
+    check_choice("payoff", payoff, PAYOFFS)
+    check_int("permutations", permutations, low=1)
+    check_seed(seed)
+    check_int("chunk", chunk, low=1)
     model = copy.deepcopy(model).eval()
     example = data.train.x[:2]
     evaluations = 0
     for layer in channel_layers(model):
         game = ChannelGame(model, layer, data.val.x, data.val.y, payoff=payoff, chunk=chunk)
-        result = estimate(method, game, setting=permutations, seed=seed, model=model, layer=layer)
+        setting = permutations if method == "permutations" else None
+        result = estimate(method, game, setting=setting, seed=seed, model=model, layer=layer)
         evaluations += result.evaluations
         remove_channels(model, layer, result.ranking[: scheduled_count(ratio, game.players)].tolist(), example)
     return model, evaluations
@@ -529,6 +555,12 @@ class SeedTask:
     seed: int
     budget: ShapleyBudget
     payoff: str
+
+    def __post_init__(self):
+        check_seed(self.seed)
+        if not isinstance(self.budget, ShapleyBudget):
+            raise ValueError(f"budget={self.budget!r} is not allowed; expected a ShapleyBudget")
+        check_choice("payoff", self.payoff, PAYOFFS)
 
 
 def study_seed(task: SeedTask) -> dict:

@@ -62,6 +62,7 @@ networks the loss right after pruning barely predicts the loss after retraining.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -73,7 +74,7 @@ from scipy import stats
 from torch import Tensor, nn
 
 from efflab.models.cnn import CNN
-from efflab.validation import check_choice, check_int, check_positive, check_seed
+from efflab.validation import check_choice, check_finite, check_int, check_positive, check_seed
 
 PAYOFFS = ("accuracy", "loss")
 EXACT_LIMIT = 20  # 2^20 = 1,048,576 coalitions: the most we enumerate
@@ -105,6 +106,7 @@ def all_coalitions(players: int) -> Tensor:
 
 def coalition_index(coalitions: Tensor) -> Tensor:
     """The row of each coalition in :func:`all_coalitions`: its bits read as a binary number."""
+    check_coalitions(coalitions)
     players = coalitions.shape[1]
     return (coalitions.long().cpu() << torch.arange(players)).sum(1)
 
@@ -124,13 +126,15 @@ def coalitions_missing_at_most(players: int, removed: int) -> Tensor:
 
 def empty_and_full(players: int) -> Tensor:
     """The two coalitions every estimate is anchored to: nothing kept, everything kept."""
+    check_int("players", players, low=1)
     return torch.stack([torch.zeros(players, dtype=torch.bool), torch.ones(players, dtype=torch.bool)])
 
 
-def check_coalitions(coalitions: Tensor, players: int) -> None:
+def check_coalitions(coalitions: Tensor, players: int | None = None) -> None:
+    """A (coalitions x channels) bool tensor, with one column per channel when ``players`` is given."""
     if not isinstance(coalitions, Tensor) or coalitions.dtype != torch.bool or coalitions.dim() != 2:
         raise ValueError("coalitions must be a 2-d bool tensor (coalitions x channels), True meaning kept")
-    if coalitions.shape[1] != players:
+    if players is not None and coalitions.shape[1] != players:
         raise ValueError(f"coalitions has {coalitions.shape[1]} columns; expected one per channel ({players})")
 
 
@@ -150,6 +154,7 @@ def shapley_kernel_weights(coalitions: Tensor) -> Tensor:
     values when every coalition is in the fit. The empty and full coalitions have infinite weight: they enter
     through the constraint instead, and may not appear here.
     """
+    check_coalitions(coalitions)
     players = coalitions.shape[1]
     sizes = coalitions.sum(1)
     if ((sizes == 0) | (sizes == players)).any():
@@ -266,8 +271,19 @@ class ChannelGame:
     ):
         check_choice("payoff", payoff, PAYOFFS)
         check_int("chunk", chunk, low=1)
+        if not (isinstance(inputs, Tensor) and isinstance(labels, Tensor)):
+            raise ValueError("inputs and labels must be tensors: images (N, C, H, W) and their classes (N,)")
         if len(inputs) != len(labels) or len(inputs) == 0:
             raise ValueError(f"inputs ({len(inputs)}) and labels ({len(labels)}) must be equally many, and some")
+        if not (inputs.is_floating_point() and bool(torch.isfinite(inputs).all())):
+            raise ValueError(f"inputs must be finite floating-point images; got {inputs.dtype}, or NaN or inf")
+        classes = model.config.num_classes
+        if labels.dim() != 1 or labels.is_floating_point() or labels.dtype == torch.bool:
+            raise ValueError(
+                f"labels must be a 1-d tensor of class indices; got {labels.dtype} {tuple(labels.shape)}"
+            )
+        if int(labels.min()) < 0 or int(labels.max()) >= classes:
+            raise ValueError(f"labels must lie in [0, {classes}); got {int(labels.min())} to {int(labels.max())}")
         self.layer, self.payoff, self.chunk = layer, payoff, chunk
         device = next(model.parameters()).device
         was_training = model.training
@@ -329,12 +345,28 @@ class CountingGame:
         return len(torch.unique(torch.cat(self._seen), dim=0))
 
 
+def players_of(name: str, values: Tensor) -> int:
+    """The number of channels of a full table of payoffs: its length must be ``2^n`` for some ``n >= 1``."""
+    if not isinstance(values, Tensor) or values.dim() != 1:
+        raise ValueError(f"{name} must be a 1-d tensor of payoffs, one per coalition")
+    players = max(1, len(values).bit_length() - 1)
+    if len(values) != 2**players:
+        raise ValueError(f"{name} has {len(values)} entries; expected a power of two (>= 2), one per coalition")
+    return players
+
+
 @dataclass(frozen=True, eq=False)
 class CoalitionTable:
     """Accuracy and loss of every coalition of a layer, indexed like :func:`all_coalitions`."""
 
     accuracy: Tensor
     loss: Tensor
+
+    def __post_init__(self):
+        if players_of("accuracy", self.accuracy) != players_of("loss", self.loss):
+            raise ValueError(
+                f"accuracy and loss have {len(self.accuracy)} and {len(self.loss)} entries; expected one each"
+            )
 
     @property
     def players(self) -> int:
@@ -353,9 +385,7 @@ class TabulatedGame:
     """A game read from a table of all ``2^n`` payoffs: estimators are charged as before, nothing is recomputed."""
 
     def __init__(self, values: Tensor):
-        players = int(math.log2(len(values)))
-        if len(values) != 2**players:
-            raise ValueError(f"values has {len(values)} entries; expected a power of two, one per coalition")
+        players = players_of("values", values)
         self.players, self.values = players, values.to(torch.float64).cpu()
 
     def __call__(self, coalitions: Tensor) -> Tensor:
@@ -364,6 +394,8 @@ class TabulatedGame:
 
 
 def check_enumerable(players: int, max_players: int = EXACT_LIMIT) -> None:
+    check_int("players", players, low=1)
+    check_int("max_players", max_players, low=1, high=EXACT_LIMIT)
     if players > max_players:
         raise ValueError(
             f"a layer of {players} channels has 2^{players} coalitions, too many to enumerate; expected at most "
@@ -404,7 +436,7 @@ def marginals_by_size(values: Tensor) -> Tensor:
     ``i``. Equation (1) gives every size the same total weight ``1/n``, so the Shapley value is the plain mean of
     a row, while leave-one-out is the last column (``s = n - 1``) alone.
     """
-    players = int(math.log2(len(values)))
+    players = players_of("values", values)
     rows = torch.arange(len(values))
     sizes = all_coalitions(players).sum(1)
     values = values.to(torch.float64).cpu()
@@ -527,6 +559,14 @@ def solve_shapley_regression(
     The constraint is solved for the last channel, ``φ_last = Δ - Σ_{i<last} φ_i``, which leaves an ordinary
     least-squares problem in the other ``n - 1`` unknowns (minimum-norm when there are too few samples).
     """
+    check_coalitions(coalitions)
+    samples = len(coalitions)
+    if not isinstance(values, Tensor) or values.shape != (samples,):
+        raise ValueError(f"values must be a tensor of shape ({samples},), one payoff per coalition")
+    if weights is not None and (not isinstance(weights, Tensor) or weights.shape != (samples,)):
+        raise ValueError(f"weights must be a tensor of shape ({samples},), one weight per coalition")
+    check_finite("empty", empty)
+    check_finite("full", full)
     kept = coalitions.to(torch.float64).cpu()
     gain = full - empty
     design = kept[:, :-1] - kept[:, -1:]
@@ -575,7 +615,10 @@ def regression_shapley(game: CoalitionGame, samples: int, *, seed: int = 0, weig
 def norm_scores(model: nn.Module, layer: str, p: int = 1) -> Estimate:
     """The L1 (``p=1``) or L2 norm of each output channel's weights: free, and blind to what the data need."""
     check_choice("p", p, (1, 2))
-    weight = model.get_submodule(layer).weight.detach()
+    module = dict(model.named_modules()).get(layer) if isinstance(layer, str) else None
+    if not isinstance(getattr(module, "weight", None), Tensor):
+        raise ValueError(f"layer={layer!r} is not allowed; expected the name of a layer with weights in model")
+    weight = module.weight.detach()
     return Estimate(f"L{p} norm", weight.flatten(1).norm(p=p, dim=1).double().cpu(), 0)
 
 
@@ -600,6 +643,8 @@ def rank_correlation(scores: Tensor, reference: Tensor) -> float:
     scores, reference = np.asarray(scores, dtype=float), np.asarray(reference, dtype=float)
     if scores.shape != reference.shape:
         raise ValueError(f"scores {scores.shape} and reference {reference.shape} must have the same shape")
+    if not (np.all(np.isfinite(scores)) and np.all(np.isfinite(reference))):
+        raise ValueError("scores and reference must be finite; a NaN has no place in an order")
     if np.ptp(scores) == 0 or np.ptp(reference) == 0:
         return 0.0
     return float(stats.kendalltau(scores, reference).statistic)
@@ -621,13 +666,13 @@ def oracle_sets(
     """
     check_choice("direction", direction, ORACLE_DIRECTIONS)
     players = table.players
+    check_sizes(sizes, players)
     primary = table.values(payoff).numpy()
     secondary = table.values("loss" if payoff == "accuracy" else "accuracy").numpy()
     coalitions = all_coalitions(players)
     kept = coalitions.sum(1).numpy()
     best = []
     for size in sizes:  # one search per size
-        check_int("sizes", size, low=1, high=players - 1)
         candidates = np.flatnonzero(kept == (players - size if direction == "removing" else size))
         order = np.lexsort((-candidates, secondary[candidates], primary[candidates]))
         winner = candidates[order[-1]]
@@ -671,6 +716,8 @@ def oracle_accuracy(
     ``sets`` may hold the two directions' oracle sets for ``sizes``, already searched (scoring many rankings
     on one table). Returns ``{"removal": float, "adding": float}``.
     """
+    check_sizes(sizes, table.players)
+    check_ranking(ranking, table.players)
     if sets is None:
         sets = (
             oracle_sets(table, sizes, payoff=payoff, direction="removing"),
@@ -685,9 +732,31 @@ def oracle_accuracy(
     }
 
 
+def check_sizes(sizes: Sequence[int], players: int) -> None:
+    """Oracle set sizes: at least one, each in 1..n-1 (removing none or all channels has no best set)."""
+    if len(sizes) == 0:
+        raise ValueError("sizes is empty; expected at least one oracle set size")
+    for size in sizes:
+        check_int("sizes", size, low=1, high=players - 1)
+
+
+def check_ranking(ranking: Tensor, players: int | None = None) -> None:
+    """A ranking is an order of all ``players`` channels (by default, as many as it holds): a permutation of
+    0..n-1, as an integer tensor."""
+    ok = isinstance(ranking, Tensor) and ranking.dim() == 1 and not ranking.is_floating_point()
+    ok = ok and ranking.dtype != torch.bool
+    players = len(ranking) if ok and players is None else players
+    if not (ok and torch.equal(ranking.sort().values.cpu().long(), torch.arange(players))):
+        raise ValueError(f"ranking must be a permutation of the {players} channel indices, as an integer tensor")
+
+
 def oracle_agreement(ranking: Tensor, removed: Tensor) -> Tensor:
     """For each oracle set of size ``o``: the fraction of it among the first ``o`` channels of ``ranking``."""
+    check_coalitions(removed)
+    check_ranking(ranking, removed.shape[1])
     sizes = removed.sum(1)
+    if not bool((sizes > 0).all()):
+        raise ValueError("removed holds an empty set; every oracle set has at least one channel")
     position = torch.empty_like(ranking)
     position[ranking] = torch.arange(len(ranking))
     bottom = position[None, :] < sizes[:, None]
@@ -696,12 +765,16 @@ def oracle_agreement(ranking: Tensor, removed: Tensor) -> Tensor:
 
 def random_agreement(players: int, sizes: Sequence[int]) -> Tensor:
     """What a uniformly random ranking scores on average: ``o/n`` of an oracle set of size ``o``."""
-    check_int("players", players, low=1)
+    check_int("players", players, low=2)
+    check_sizes(sizes, players)
     return torch.tensor([size / players for size in sizes], dtype=torch.float64)
 
 
 def pruned_coalitions(ranking: Tensor, removals: Sequence[int]) -> Tensor:
     """Coalitions that remove the ``k`` lowest-ranked channels, one row per ``k`` in ``removals``."""
+    check_ranking(ranking)
+    for count in removals:
+        check_int("removals", count, low=0, high=len(ranking))
     position = torch.empty_like(ranking)
     position[ranking] = torch.arange(len(ranking))
     counts = torch.as_tensor(list(removals))
@@ -725,6 +798,8 @@ def remove_channels(model: CNN, layer: str, channels: Sequence[int], example_inp
     check_choice("layer", layer, channel_layers(model))
     module = model.get_submodule(layer)
     width = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+    if not all(isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in channels):
+        raise ValueError(f"channels={channels!r} is not allowed; expected integer channel indices")
     channels = sorted({int(c) for c in channels})
     if any(not 0 <= c < width for c in channels) or len(channels) >= width:
         raise ValueError(f"channels={channels!r} is not allowed; expected distinct indices below {width}, not all")
