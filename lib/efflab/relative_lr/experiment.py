@@ -34,11 +34,11 @@ from efflab.models.moe import moe_ffn
 from efflab.parallel import run_all
 from efflab.relative_lr.groups import GROUPS, OTHER, group_sizes, partition
 from efflab.relative_lr.measures import UpdateTracker, speedup_percent
-from efflab.relative_lr.schedule import RelativeSchedule, paper_preset, relative_schedule
+from efflab.relative_lr.schedule import RelativeSchedule, check_multiplier, paper_preset, relative_schedule
 from efflab.relative_lr.search import LocalSearch, schedule_at, schedule_knobs, schedule_point, within_domain
 from efflab.runtime import Run, Timer, seed_everything, torch_threads
 from efflab.train import cross_entropy, fit, language_model_loss
-from efflab.validation import check_choice, check_int, check_positive
+from efflab.validation import check_choice, check_int, check_positive, check_seed
 
 NAME = "08_relative_learning_rates"
 ARCHITECTURES = ("dense", "moe")
@@ -101,7 +101,10 @@ class RelativeLRBudget(Budget):
         for architecture in self.ablation:
             check_choice("ablation", architecture, ARCHITECTURES)
         check_int("corpus_bytes", self.corpus_bytes, low=10 * self.block_size)
-        check_int("transfer_steps", self.transfer_steps, low=0)
+        for name in ("transfer_d_model", "transfer_n_layer", "transfer_n_head", "transfer_steps"):
+            check_int(name, getattr(self, name), low=0)
+        if self.transfer_lr_grid != ():  # checked even while the transfer is off: a bad grid is a mistake anyway
+            _check_grid("transfer_lr_grid", self.transfer_lr_grid)
         if self.transfer_steps:
             for name in ("transfer_d_model", "transfer_n_layer", "transfer_n_head"):
                 check_int(name, getattr(self, name), low=1)
@@ -166,8 +169,7 @@ def _check_grid(name: str, grid) -> None:
     if not isinstance(grid, tuple) or not grid:
         raise ValueError(f"{name}={grid!r} is not allowed; expected a non-empty tuple of learning rates")
     for value in grid:
-        if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-            raise ValueError(f"{name} contains {value!r}; expected finite numbers > 0")
+        check_positive(name, value)
 
 
 def final_fraction(architecture: str) -> float:
@@ -200,6 +202,16 @@ class TrainTask:
 
     def __post_init__(self):
         check_choice("architecture", self.architecture, ARCHITECTURES)
+        for name in ("d_model", "n_layer", "n_head", "block_size", "n_experts", "batch_size", "eval_batches"):
+            check_int(name, getattr(self, name), low=1)
+        if not isinstance(self.schedule, RelativeSchedule):
+            raise ValueError(f"schedule={self.schedule!r} is not allowed; expected a RelativeSchedule")
+        check_seed(self.seed)
+        check_int("eval_every", self.eval_every, low=0)
+        check_int("track_every", self.track_every, low=0)
+        check_positive("weight_decay", self.weight_decay, allow_zero=True)
+        check_int("corpus_bytes", self.corpus_bytes, low=10 * self.block_size)
+        self.model_config()  # d_model, n_head and block_size fit together
 
     def model_config(self) -> GPTConfig:
         return GPTConfig(
@@ -319,7 +331,8 @@ class Result:
 
     def speedups(self, architecture: str, preset: str, runs: dict | None = None, steps: int | None = None):
         runs = self.runs if runs is None else runs
-        steps = steps or self.budget.steps
+        steps = self.budget.steps if steps is None else steps
+        check_int("steps", steps, low=1)
         return [
             speedup(runs[(architecture, preset, seed)], runs[(architecture, "uniform", seed)], steps)
             for seed in self.seeds
@@ -510,6 +523,8 @@ def run_search(runner, budget: RelativeLRBudget, base_lr: dict, groups: dict, se
 
 def run_experiment(run: Run, budget: RelativeLRBudget) -> Result:
     """The whole study (see the module docstring)."""
+    if not isinstance(run, Run):
+        raise ValueError(f"run={run!r} is not allowed; expected the Run returned by efflab.setup")
     if not isinstance(budget, RelativeLRBudget):
         raise ValueError(f"budget={budget!r} is not allowed; expected a RelativeLRBudget")
     device = str(run.device)
@@ -644,6 +659,7 @@ def live_run(result: Result, architecture: str, multipliers: dict, base_lr: floa
     """Train one more run at the comparison's shape and first seed with these multipliers (the playground's
     button); ``report(fraction, message)`` hears of every evaluation."""
     check_choice("architecture", architecture, result.architectures)
+    check_multiplier("base_lr", base_lr)
     uniform = result.schedules[(architecture, "uniform")]
     schedule = replace(uniform, base_lr=float(base_lr)).with_multipliers(multipliers)
     task = _task(result.budget, architecture, schedule, result.seeds[0], result.device)

@@ -65,6 +65,13 @@ def check_rules(rules: Sequence[tuple[str, str]]) -> None:
 
 def group_of(name: str, rules: Sequence[tuple[str, str]] = RULES) -> str:
     """The group of one parameter name: the first rule whose pattern matches, else ``other``."""
+    if not isinstance(name, str):
+        raise ValueError(f"name={name!r} is not allowed; expected a parameter name")
+    check_rules(rules)
+    return _first_match(name, rules)
+
+
+def _first_match(name: str, rules: Sequence[tuple[str, str]]) -> str:
     for group, pattern in rules:
         if re.search(pattern, name):
             return group
@@ -79,7 +86,7 @@ def partition(model: nn.Module, rules: Sequence[tuple[str, str]] = RULES) -> dic
     check_rules(rules)
     names: dict[str, list[str]] = {group: [] for group in (*GROUPS, OTHER)}
     for name, _ in model.named_parameters():
-        names[group_of(name, rules)].append(name)
+        names[_first_match(name, rules)].append(name)
     return names
 
 

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from efflab.train import cross_entropy
-from efflab.validation import check_int
+from efflab.validation import check_finite, check_int
 
 
 class UpdateTracker:
@@ -76,14 +76,25 @@ class UpdateTracker:
         return {"steps": list(self.steps), "sizes": {name: list(v) for name, v in self.sizes.items()}}
 
 
+def loss_curve(steps: Sequence[float], losses: Sequence[float], name: str = "losses") -> tuple[np.ndarray, ...]:
+    """A curve as two arrays: finite, increasing steps and as many finite losses (``name`` says which curve)."""
+    try:
+        steps, losses = np.asarray(steps, dtype=float), np.asarray(losses, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"steps and {name} must be sequences of numbers") from None
+    if steps.shape != losses.shape or steps.ndim != 1 or len(steps) == 0:
+        raise ValueError(f"steps and {name} must be 1-D and of one length; got {steps.shape} and {losses.shape}")
+    if not (np.all(np.isfinite(steps)) and np.all(np.diff(steps) > 0)):
+        raise ValueError(f"steps={steps.tolist()!r} is not allowed; expected finite, increasing steps")
+    if not np.all(np.isfinite(losses)):
+        raise ValueError(f"{name} must be finite; got {losses.tolist()!r}")
+    return steps, losses
+
+
 def steps_to_reach(steps: Sequence[float], losses: Sequence[float], target: float) -> float | None:
     """The first step at which a loss curve is at or below ``target`` (linear between points), or None."""
-    steps = np.asarray(steps, dtype=float)
-    losses = np.asarray(losses, dtype=float)
-    if steps.shape != losses.shape or steps.ndim != 1 or len(steps) == 0:
-        raise ValueError(f"steps and losses must be 1-D and of one length; got {steps.shape} and {losses.shape}")
-    if not math.isfinite(target):
-        raise ValueError(f"target={target!r} is not allowed; expected a finite loss")
+    steps, losses = loss_curve(steps, losses)
+    check_finite("target", target)
     below = np.nonzero(losses <= target)[0]
     if len(below) == 0:
         return None
@@ -99,6 +110,8 @@ def speedup_percent(
 ) -> float:
     """Signed speed-up of a schedule over the uniform run at equal steps (see the module docstring)."""
     check_int("total_steps", total_steps, low=1)
+    loss_curve(steps, schedule_losses, "schedule_losses")
+    loss_curve(steps, uniform_losses, "uniform_losses")
     reached = steps_to_reach(steps, schedule_losses, float(uniform_losses[-1]))
     if reached is not None:
         return 100.0 * (1.0 - reached / total_steps)

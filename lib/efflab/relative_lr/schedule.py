@@ -70,6 +70,13 @@ def check_multipliers(multipliers: Mapping[str, tuple[float, float]]) -> dict[st
     return checked
 
 
+def check_final_fraction(value) -> None:
+    """f, where the uniform cosine ends as a fraction of η: a number in (0, 1]."""
+    check_multiplier("final_fraction", value)
+    if value > 1:
+        raise ValueError(f"final_fraction={value!r} is not allowed; expected a number in (0, 1]")
+
+
 @dataclass(frozen=True)
 class RelativeSchedule:
     """η, T, W, f and the multipliers ``((group, s_g, e_g), ...)``; a group not listed has s_g = e_g = 1.
@@ -93,9 +100,7 @@ class RelativeSchedule:
                 f"warmup_steps={self.warmup_steps!r} is not allowed with steps={self.steps}; expected an integer "
                 f"in [0, {self.steps - 1}], so that the cosine has at least one step"
             )
-        check_multiplier("final_fraction", self.final_fraction)
-        if self.final_fraction > 1:
-            raise ValueError(f"final_fraction={self.final_fraction!r} is not allowed; expected a number in (0, 1]")
+        check_final_fraction(self.final_fraction)
         pairs = {}
         for entry in self.multipliers:
             if not (isinstance(entry, tuple) and len(entry) == 3):
@@ -193,7 +198,7 @@ def relative_schedule(
     multipliers: Mapping[str, tuple[float, float]] | None = None,
 ) -> RelativeSchedule:
     """A :class:`RelativeSchedule` from a ``{group: (start, end)}`` mapping (None: uniform)."""
-    entries = _as_entries(multipliers or {})
+    entries = _as_entries({} if multipliers is None else multipliers)
     return RelativeSchedule(base_lr, steps, warmup_steps, final_fraction, entries)
 
 
@@ -209,6 +214,10 @@ class Preset:
 
     def __post_init__(self):
         check_multipliers(self.multipliers)
+        if self.base_lr is not None:
+            check_multiplier("base_lr", self.base_lr)
+        if self.final_fraction is not None:
+            check_final_fraction(self.final_fraction)
 
 
 PAPER_MOE = Preset(
