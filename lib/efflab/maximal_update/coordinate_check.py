@@ -30,7 +30,13 @@ import torch
 
 from efflab.data.text import load_corpus
 from efflab.maximal_update.model import ModelFamily
-from efflab.maximal_update.parameterization import Multipliers, check_parameterization, parameterize
+from efflab.maximal_update.parameterization import (
+    Multipliers,
+    check_family,
+    check_parameterization,
+    checked_multipliers,
+    parameterize,
+)
 from efflab.models.moe import moe_layers
 from efflab.runtime import seed_everything
 from efflab.train import TrainConfig, fit
@@ -115,15 +121,16 @@ class CoordinateCheckTask:
     device: str = "cpu"
 
     def __post_init__(self):
+        check_family(self.family)
         self.family.check_width(self.width)
         check_parameterization(self.parameterization)
         check_seed(self.seed)
+        checked_multipliers(self.multipliers)
         check_int("steps", self.steps, low=1)
         check_positive("lr", self.lr)
-        if not math.isfinite(self.lr):
-            raise ValueError(f"lr={self.lr!r} is not allowed; expected a finite number > 0")
         check_int("batch_size", self.batch_size, low=1)
         check_int("block_size", self.block_size, low=1, high=self.family.block_size)
+        check_int("max_bytes", self.max_bytes, low=1)
 
 
 def run_coordinate_check(task: CoordinateCheckTask) -> dict[str, list[float]]:
@@ -189,8 +196,14 @@ def records_table(tasks: list[CoordinateCheckTask], results: list[dict[str, list
 def log_log_slope(widths, values) -> float:
     """Least-squares slope of log(value) against log(width); inf when any value is not finite or not > 0."""
     widths, values = np.asarray(widths, dtype=float), np.asarray(values, dtype=float)
-    if len(widths) < 2:
+    if widths.ndim != 1 or len(widths) < 2:
         raise ValueError(f"widths={widths.tolist()} is not allowed; a slope needs at least two widths")
+    if not (np.all(np.isfinite(widths)) and np.all(widths > 0)) or len(np.unique(widths)) < 2:
+        raise ValueError(
+            f"widths={widths.tolist()} is not allowed; expected finite widths > 0, two or more distinct"
+        )
+    if values.shape != widths.shape:
+        raise ValueError(f"values has shape {values.shape}; expected {widths.shape}, one value per width")
     if not np.all(np.isfinite(values)) or np.any(values <= 0):
         return math.inf
     return float(np.polyfit(np.log(widths), np.log(values), 1)[0])

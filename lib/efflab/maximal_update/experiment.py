@@ -32,17 +32,24 @@ from efflab.maximal_update.coordinate_check import (
     run_coordinate_check,
 )
 from efflab.maximal_update.model import ModelFamily
-from efflab.maximal_update.parameterization import LABELS, PARAMETERIZATIONS, Multipliers, check_parameterization
+from efflab.maximal_update.parameterization import (
+    LABELS,
+    PARAMETERIZATIONS,
+    Multipliers,
+    check_parameterization,
+    checked_multipliers,
+)
 from efflab.maximal_update.transfer import SweepTask, optima, optimum_shift, sweep_table, train_for_sweep
 from efflab.parallel import run_all
 from efflab.runtime import Run, Timer
-from efflab.validation import check_int, check_positive
+from efflab.validation import check_int, check_positive, check_range
 
 NAME = "07_mup_for_moe"
 FLAT = 0.2  # |slope| below this counts as flat (the threshold of the research notes' tests)
 GROWS = 0.3  # slope above this counts as growing
 SWEPT = ("sp", "mup")  # the parameterizations of the width sweep
 GROUPS = ("hidden", "router", "output")  # the activation groups a coordinate check measures
+LOG2_LR_LIMIT = 64  # |log2 LR| beyond this is no learning rate (and 2**1024 overflows a float)
 
 
 def _check_widths(name: str, widths, family: ModelFamily, *, at_least: int = 1) -> None:
@@ -100,16 +107,13 @@ class MupBudget(Budget):
         check_int("coord_seeds", self.coord_seeds, low=1)
         check_int("coord_steps", self.coord_steps, low=1)
         check_positive("coord_lr", self.coord_lr)
-        if not math.isfinite(self.coord_lr):
-            raise ValueError(f"coord_lr={self.coord_lr!r} is not allowed; expected a finite number > 0")
         check_int("coord_batch_size", self.coord_batch_size, low=1)
         check_int("slope_step", self.slope_step, low=1, high=self.coord_steps)
         _check_widths("sweep_widths", self.sweep_widths, family, at_least=2)
         if not isinstance(self.sweep_log2_lrs, tuple) or len(self.sweep_log2_lrs) < 3:
             raise ValueError(f"sweep_log2_lrs={self.sweep_log2_lrs!r} is not allowed; expected at least 3 values")
         for value in self.sweep_log2_lrs:
-            if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-                raise ValueError(f"sweep_log2_lrs contains {value!r}; expected finite numbers (log2 of the LR)")
+            check_range("sweep_log2_lrs", value, low=-LOG2_LR_LIMIT, high=LOG2_LR_LIMIT)
         if list(self.sweep_log2_lrs) != sorted(set(self.sweep_log2_lrs)):
             raise ValueError(f"sweep_log2_lrs={self.sweep_log2_lrs!r} is not allowed; expected increasing values")
         check_int("sweep_seeds", self.sweep_seeds, low=1)
@@ -121,7 +125,10 @@ class MupBudget(Budget):
         _check_values("expert_counts", self.expert_counts, at_least=2)
         _check_values("granularities", self.granularities, at_least=2)
         for granularity in self.granularities:
-            family.with_changes(granularity=granularity).check_width(self.fixed_width, name="fixed_width")
+            try:
+                family.with_changes(granularity=granularity).check_width(self.fixed_width, name="fixed_width")
+            except ValueError as error:
+                raise ValueError(f"granularities={self.granularities!r} is not allowed: {error}") from None
         check_int("moe_sweep_seeds", self.moe_sweep_seeds, low=1)
 
     @classmethod
@@ -215,14 +222,19 @@ def coordinate_tasks(
     multipliers: Multipliers | None = None,
     widths: tuple[int, ...] | None = None,
 ) -> list[CoordinateCheckTask]:
+    if not isinstance(budget, MupBudget):
+        raise ValueError(f"budget={budget!r} is not allowed; expected a MupBudget")
     family = budget.family()
+    widths = budget.coord_widths if widths is None else widths
+    _check_widths("widths", widths, family, at_least=2)
+    multipliers = checked_multipliers(multipliers)
     return [
         CoordinateCheckTask(
             family,
             width,
             parameterization,
             seed,
-            multipliers=multipliers or Multipliers(),
+            multipliers=multipliers,
             steps=budget.coord_steps,
             lr=budget.coord_lr,
             batch_size=budget.coord_batch_size,
@@ -230,7 +242,7 @@ def coordinate_tasks(
             max_bytes=budget.max_bytes,
             device=device,
         )
-        for width in reversed(widths or budget.coord_widths)  # widest first: the pool ends on short tasks
+        for width in reversed(widths)  # widest first: the pool ends on short tasks
         for parameterization in parameterizations
         for seed in seeds
     ]
@@ -306,7 +318,8 @@ class Result:
     device: str = "cpu"
 
     def slopes(self, step: int | None = None, table: pd.DataFrame | None = None) -> pd.DataFrame:
-        return coordinate_slopes(self.coordinates if table is None else table, step or self.budget.slope_step)
+        step = self.budget.slope_step if step is None else step
+        return coordinate_slopes(self.coordinates if table is None else table, step)
 
     def sweep(self, which: str) -> pd.DataFrame:
         tables = {"width": self.width_sweep, "expansion": self.expert_sweep, "granularity": self.granularity_sweep}
@@ -317,7 +330,7 @@ class Result:
     def coordinate_table(self, parameterization: str, multipliers: Multipliers | None = None):
         """The coordinate-check table of one parameterization at some multipliers, or None if not run."""
         check_parameterization(parameterization)
-        multipliers = multipliers or Multipliers()
+        multipliers = checked_multipliers(multipliers)
         if multipliers == Multipliers():
             return self.coordinates[self.coordinates["parameterization"] == parameterization]
         key = (parameterization, multipliers.alpha_in, multipliers.alpha_out, multipliers.alpha_router)
@@ -396,6 +409,8 @@ def _number(value) -> float | None:
 
 def run_experiment(run: Run, budget: MupBudget) -> Result:
     """The coordinate checks and the three sweeps, all trainings in one ``run_all`` per kind."""
+    if not isinstance(run, Run):
+        raise ValueError(f"run={run!r} is not allowed; expected the Run returned by efflab.setup")
     if not isinstance(budget, MupBudget):
         raise ValueError(f"budget={budget!r} is not allowed; expected a MupBudget")
     device = str(run.device)

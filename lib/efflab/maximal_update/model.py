@@ -24,7 +24,7 @@ import torch
 
 from efflab.models.gpt import GPTConfig, TinyLM
 from efflab.models.moe import moe_ffn
-from efflab.validation import check_choice, check_int
+from efflab.validation import check_choice, check_int, check_positive
 
 FFN_KINDS = ("dense", "moe")
 
@@ -53,6 +53,8 @@ class ModelFamily:
         check_int("expansion", self.expansion, low=1)
         check_int("granularity", self.granularity, low=1)
         check_int("block_size", self.block_size, low=1)
+        check_positive("balance_loss_weight", self.balance_loss_weight, allow_zero=True)
+        check_positive("z_loss_weight", self.z_loss_weight, allow_zero=True)
         self.check_width(self.base_width, name="base_width")
 
     def check_width(self, width: int, *, name: str = "width") -> None:

@@ -67,7 +67,7 @@ from torch.nn.utils import parametrize
 from efflab.maximal_update.model import ModelFamily, base_shapes
 from efflab.models.gpt import INIT_STD, TinyLM
 from efflab.models.moe import moe_layers
-from efflab.validation import check_choice, check_seed
+from efflab.validation import check_choice, check_int, check_seed
 
 PARAMETERIZATIONS = ("sp", "simple", "mup")
 LABELS = {"sp": "SP", "simple": "simpleP", "mup": "μP"}
@@ -102,6 +102,20 @@ class Multipliers:
         return f"α_in={self.alpha_in:g}, α_out={self.alpha_out:g}, α_router={self.alpha_router:g}"
 
 
+def checked_multipliers(multipliers: Multipliers | None) -> Multipliers:
+    """``multipliers``, or all α = 1 for None; anything else is a mistake."""
+    if multipliers is None:
+        return Multipliers()
+    if not isinstance(multipliers, Multipliers):
+        raise ValueError(f"multipliers={multipliers!r} is not allowed; expected a Multipliers")
+    return multipliers
+
+
+def check_family(family) -> None:
+    if not isinstance(family, ModelFamily):
+        raise ValueError(f"family={family!r} is not allowed; expected a ModelFamily")
+
+
 def width_multiplier(width: int, base_width: int) -> float:
     """``m_d = width / base_width``; the base must divide the width."""
     ModelFamily(base_width=base_width, ffn="dense", head_dim=1).check_width(width)
@@ -120,6 +134,8 @@ def logical_name(name: str) -> str:
 def parameter_kind(name: str, shape: tuple[int, ...]) -> str:
     """The kind of a TinyLM parameter (a row of the table above), read from its name and number of dimensions."""
     parts = logical_name(name).split(".")
+    if not isinstance(name, str):
+        raise ValueError(f"name={name!r} is not allowed; expected a parameter name")
     if len(shape) == 1:
         return "vector"  # norm gains (and biases, when a config has them)
     if parts[0] == "embedding":
@@ -139,6 +155,8 @@ def parameter_kind(name: str, shape: tuple[int, ...]) -> str:
 def sp_init_std(name: str, kind: str, n_layer: int) -> float | None:
     """The course's GPT-2 init: σ = 0.02, σ/√(2L) on the matrices that write into the residual stream; None
     for norm gains (ones)."""
+    check_choice("kind", kind, KINDS)
+    check_int("n_layer", n_layer, low=1)
     if kind == "vector":
         return None
     parts = logical_name(name).split(".")
@@ -181,8 +199,9 @@ def rules(
     multipliers: Multipliers | None = None,
 ) -> list[Rule]:
     """The rule of every parameter of ``model`` (a member of ``family``), in ``named_parameters`` order."""
+    check_family(family)
     check_parameterization(parameterization)
-    multipliers = multipliers or Multipliers()
+    multipliers = checked_multipliers(multipliers)
     base = base_shapes(family)
     found = []
     for name, parameter in model.named_parameters():
@@ -209,6 +228,8 @@ def rules(
 def attention_scale(parameterization: str, head_dim: int, base_head_dim: int) -> float | None:
     """Scale of the attention logits; None means PyTorch's 1/√head_dim (SP, and muP at the base head dim)."""
     check_parameterization(parameterization)
+    check_int("head_dim", head_dim, low=1)
+    check_int("base_head_dim", base_head_dim, low=1)
     if parameterization == "sp" or head_dim == base_head_dim:
         return None
     return (1.0 / math.sqrt(base_head_dim)) * (base_head_dim / head_dim)
@@ -227,6 +248,7 @@ class Multiplier(nn.Module):
 
     def __init__(self, factor: float):
         super().__init__()
+        check_multiplier("factor", factor)
         self.factor = float(factor)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
@@ -346,10 +368,9 @@ def parameterize(
 ) -> ParameterizedModel:
     """Build a member of ``family`` at ``width`` and apply ``parameterization``: init, multipliers, attention
     scale. ``.parameter_groups()`` then gives the optimizer its per-group LRs."""
+    check_family(family)
     check_parameterization(parameterization)
-    multipliers = multipliers or Multipliers()
-    if not isinstance(multipliers, Multipliers):
-        raise ValueError(f"multipliers={multipliers!r} is not allowed; expected a Multipliers")
+    multipliers = checked_multipliers(multipliers)
     check_seed(seed)
     # Shapes first (meta device, no memory, no wasted random draws), then storage; initialize() fills every tensor.
     model = family.build(width, device="meta").to_empty(device="cpu")

@@ -27,7 +27,13 @@ import torch
 
 from efflab.data.text import load_corpus
 from efflab.maximal_update.model import ModelFamily
-from efflab.maximal_update.parameterization import Multipliers, check_parameterization, parameterize
+from efflab.maximal_update.parameterization import (
+    Multipliers,
+    check_family,
+    check_parameterization,
+    checked_multipliers,
+    parameterize,
+)
 from efflab.runtime import seed_everything
 from efflab.train import TrainConfig, fit, language_model_loss
 from efflab.validation import check_int, check_positive, check_seed
@@ -55,17 +61,18 @@ class SweepTask:
     label: str = field(default="", compare=False)
 
     def __post_init__(self):
+        check_family(self.family)
         self.family.check_width(self.width)
         check_parameterization(self.parameterization)
         check_positive("lr", self.lr)
-        if not math.isfinite(self.lr):
-            raise ValueError(f"lr={self.lr!r} is not allowed; expected a finite number > 0")
         check_seed(self.seed)
         check_int("steps", self.steps, low=1)
         check_int("batch_size", self.batch_size, low=1)
         check_int("block_size", self.block_size, low=1, high=self.family.block_size)
         check_int("warmup_steps", self.warmup_steps, low=0, high=self.steps)
         check_int("eval_batches", self.eval_batches, low=1)
+        checked_multipliers(self.multipliers)
+        check_int("max_bytes", self.max_bytes, low=1)
 
 
 def train_for_sweep(task: SweepTask) -> dict:
