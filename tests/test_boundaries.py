@@ -16,7 +16,7 @@ NUMBERS = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True, width=32), st.integers(-5, 1000), st.none(), st.booleans()
 )
 SMALL_INTS = st.one_of(st.integers(-3, 40), st.floats(-1, 5), st.none())
-FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def valid_or_named(make, *names):
@@ -28,7 +28,7 @@ def valid_or_named(make, *names):
         return None
 
 
-@FAST
+@PROPERTY
 @given(steps=SMALL_INTS, lr=NUMBERS, warmup=SMALL_INTS, min_lr_ratio=NUMBERS, step=st.integers(0, 60))
 def test_learning_rate_schedules(steps, lr, warmup, min_lr_ratio, step):
     config = valid_or_named(
@@ -43,7 +43,7 @@ def test_learning_rate_schedules(steps, lr, warmup, min_lr_ratio, step):
         assert math.isfinite(factor) and 0 < factor <= 1
 
 
-@FAST
+@PROPERTY
 @given(
     tokens=st.integers(1, 12),
     experts=st.integers(1, 6),
@@ -62,7 +62,7 @@ def test_token_choice_routing(tokens, experts, top_k, capacity, poison):
         assert torch.isfinite(routing.gates).all() and int(routing.counts.sum()) == len(routing.token_index)
 
 
-@FAST
+@PROPERTY
 @given(
     batch=st.integers(1, 4),
     time=st.integers(1, 3),
@@ -83,7 +83,7 @@ def test_expert_choice_routing(batch, time, experts, top_k, capacity, group):
         assert torch.isfinite(routing.gates).all()
 
 
-@FAST
+@PROPERTY
 @given(d_ff=st.integers(-1, 64), expansion=SMALL_INTS, granularity=SMALL_INTS, capacity=NUMBERS, init_std=NUMBERS)
 def test_moe_layer_configs(d_ff, expansion, granularity, capacity, init_std):
     valid_or_named(
@@ -104,7 +104,7 @@ def test_moe_layer_configs(d_ff, expansion, granularity, capacity, init_std):
     )
 
 
-@FAST
+@PROPERTY
 @given(d_model=SMALL_INTS, n_head=SMALL_INTS, dropout=NUMBERS, block=SMALL_INTS)
 def test_language_model_configs(d_model, n_head, dropout, block):
     valid_or_named(

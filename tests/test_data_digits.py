@@ -72,7 +72,7 @@ def test_tensors_match_the_raw_images_at_the_split_indices(digits, raw):
     assert torch.equal(digits.train.y, torch.from_numpy(labels[train]))
 
 
-@settings(max_examples=30, deadline=None)
+@settings(deadline=None)
 @given(
     val_fraction=st.floats(0.05, 0.4),
     test_fraction=st.floats(0.05, 0.4),

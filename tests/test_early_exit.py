@@ -168,7 +168,7 @@ def test_threshold_zero_sends_every_sample_to_the_first_exit():
     assert (choose_exits(logits, 0.0, rule="entropy") == len(logits) - 1).all()
 
 
-@settings(max_examples=25, deadline=None)
+@settings(deadline=None)
 @given(seed=st.integers(0, 10_000), scale=st.floats(0.1, 20.0))
 def test_expected_cost_is_monotone_in_the_threshold(seed, scale):
     logits = random_logits(seed, scale=scale)

@@ -45,7 +45,7 @@ def test_smallest_glimpse_is_a_native_resolution_crop_and_corners_reach_the_edge
     assert torch.equal(sensor.read(canvases, boxes)[1], canvases[1, 0, 24:, 24:])
 
 
-@settings(max_examples=60, deadline=None)
+@settings(deadline=None)
 @given(
     canvas_size=st.integers(8, 64),
     glimpse_size=st.integers(1, 8),
