@@ -89,7 +89,7 @@ def slope_figure(result: Result, step: int | None = None) -> go.Figure:
         figure.add_bar(x=part["activation"], y=values, name=LABELS[parameterization], marker_color=PALETTE[index])
     figure.add_hrect(y0=-0.2, y1=0.2, fillcolor="#2ca02c", opacity=0.12, line_width=0)
     figure.update_layout(barmode="group")
-    step = step or result.budget.slope_step
+    step = result.budget.slope_step if step is None else step
     return style_figure(figure, f"Slope of log mean|x| against log width, step {step}", "activation", "slope")
 
 

@@ -165,7 +165,7 @@ def agreement_by_size(
     if "direction" in agreement:
         agreement = agreement[agreement.direction == direction]
     figure = go.Figure()
-    families = families or list(dict.fromkeys(agreement.family))
+    families = list(dict.fromkeys(agreement.family)) if families is None else families
     for family in families:
         rows = agreement[agreement.family == family].groupby("size").agreement.agg(["mean", "min", "max"])
         sizes = rows.index.tolist()
