@@ -5,27 +5,14 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from efflab.models.gpt import GPTConfig, TinyLM
 from efflab.models.moe import MoEConfig, route_expert_choice, route_token_choice
 from efflab.train import TrainConfig, lr_factor
 
-NUMBERS = st.one_of(
-    st.floats(allow_nan=True, allow_infinity=True, width=32), st.integers(-5, 1000), st.none(), st.booleans()
-)
-SMALL_INTS = st.one_of(st.integers(-3, 40), st.floats(-1, 5), st.none())
-PROPERTY = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def valid_or_named(make, *names):
-    """Call ``make()``; a ValueError must name one of ``names``; any other exception fails the test."""
-    try:
-        return make()
-    except ValueError as error:
-        assert any(f"{name}=" in str(error) or name in str(error) for name in names), str(error)
-        return None
+from boundaries import NUMBERS, PROPERTY, SMALL_INTS, valid_or_named
 
 
 @PROPERTY

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
@@ -73,22 +73,9 @@ from efflab.runtime import Run, torch_threads
 from efflab.timing import interleaved_times
 from efflab.train import TrainConfig
 
-NUMBERS = st.one_of(
-    st.floats(allow_nan=True, allow_infinity=True, width=32), st.integers(-5, 1000), st.none(), st.booleans()
-)
-SMALL_INTS = st.one_of(st.integers(-3, 40), st.floats(-1, 5), st.none(), st.booleans())
-POISON = st.sampled_from([None, math.nan, math.inf, -math.inf])
+from boundaries import NUMBERS, POISON, PROPERTY, SMALL_INTS, valid_or_named
+
 RNG = np.random.default_rng(0)
-PROPERTY = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def valid_or_named(make, *names):
-    """Call ``make()``; a ValueError must name one of ``names``; any other exception fails the test."""
-    try:
-        return make()
-    except ValueError as error:
-        assert any(f"{name}=" in str(error) or name in str(error) for name in names), str(error)
-        return None
 
 
 # ---- small models, built once ----------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from efflab.data.canvas import Canvases, make_canvases
@@ -43,15 +43,11 @@ from efflab.glimpse.task_model import (
 )
 from efflab.models.cnn import CNN, CNNConfig
 
-NUMBERS = st.one_of(
-    st.floats(allow_nan=True, allow_infinity=True, width=32), st.integers(-5, 1000), st.none(), st.booleans()
-)
-SMALL_INTS = st.one_of(st.integers(-3, 40), st.floats(-1, 5), st.none())
+from boundaries import NUMBERS, POISON, PROPERTY, SMALL_INTS, valid_or_named
+
 COORDINATES = st.one_of(st.floats(-0.5, 1.5), st.sampled_from([math.nan, math.inf, 0.0, 1.0]))
 FRACTIONS = st.one_of(COORDINATES, st.none())
 RULES = st.sampled_from(["confidence", "entropy", "margin"])
-POISON = st.sampled_from([None, math.nan, math.inf])
-CHECK = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 SIZE = 16  # the glimpse game of these tests: 16 px canvases, 8 px readings
 IMAGES = torch.rand(6, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -59,15 +55,6 @@ SCENES = make_canvases(IMAGES, torch.arange(6), canvas_size=SIZE, n_fragments=1,
 GAME = Game(scenes=SceneConfig(canvas_size=SIZE, layouts=1), glimpse_size=8, glimpses=2, observation_grid=4)
 torch.manual_seed(0)
 TASK_MODEL = freeze(GlimpseClassifier(TaskModelConfig(glimpse_size=8, d_model=16, n_heads=2, channels=(4, 4))))
-
-
-def valid_or_named(make, *names):
-    """Call ``make()``; a ValueError must name one of ``names``; any other exception fails the test."""
-    try:
-        return make()
-    except ValueError as error:
-        assert any(f"{name}=" in str(error) or name in str(error) for name in names), str(error)
-        return None
 
 
 def random_exit_logits(exits: int, samples: int, classes: int, seed: int, poison=None) -> torch.Tensor:
@@ -81,7 +68,7 @@ def random_exit_logits(exits: int, samples: int, classes: int, seed: int, poison
 # Early exits: the exit rule, its cost and its accuracy
 
 
-@CHECK
+@PROPERTY
 @given(
     shape=st.tuples(st.integers(1, 4), st.integers(1, 6), st.integers(1, 5)),
     threshold=NUMBERS,
@@ -101,7 +88,7 @@ def test_exit_rules_pick_a_real_exit_or_name_the_threshold(shape, threshold, rul
         assert math.isnan(float(threshold)) is False and float(threshold) >= 0
 
 
-@CHECK
+@PROPERTY
 @given(
     shape=st.tuples(st.integers(1, 3), st.integers(1, 5), st.integers(2, 4)),
     threshold=st.one_of(st.floats(0, 1), NUMBERS),
@@ -135,7 +122,7 @@ def test_evaluating_a_threshold_gives_a_real_operating_point(
         assert outcome.accuracy == pytest.approx(float(right))
 
 
-@CHECK
+@PROPERTY
 @given(budgets=st.lists(NUMBERS, max_size=4), fractions=st.lists(NUMBERS, max_size=4))
 def test_accuracy_within_budgets_is_a_curve_value_or_names_the_budgets(budgets, fractions):
     curve = pd.DataFrame({"relative_cost": [0.2, 0.5, 1.0], "accuracy": [0.3, 0.6, 0.9]})
@@ -153,7 +140,7 @@ def test_accuracy_within_budgets_is_a_curve_value_or_names_the_budgets(budgets, 
 # The glimpse sensor
 
 
-@CHECK
+@PROPERTY
 @given(
     canvas_size=SMALL_INTS,
     glimpse_size=SMALL_INTS,
@@ -185,7 +172,7 @@ def test_the_sensor_reads_only_boxes_on_the_canvas(canvas_size, glimpse_size, mi
         assert sensor.min_side <= side <= sensor.max_side and 0 <= top <= size - side and 0 <= left <= size - side
 
 
-@CHECK
+@PROPERTY
 @given(positions=st.tuples(st.integers(-3, 12), st.integers(-3, 12)), around=FRACTIONS, whole=FRACTIONS)
 def test_task_model_boxes_hold_the_digit_or_name_the_input(positions, around, whole):
     sensor, corners = Sensor(SIZE, 8), torch.tensor([positions])
@@ -208,7 +195,7 @@ def test_task_model_boxes_hold_the_digit_or_name_the_input(positions, around, wh
 # Budgets and configs
 
 
-@CHECK
+@PROPERTY
 @given(
     total_steps=SMALL_INTS,
     main_share=FRACTIONS,
@@ -241,7 +228,7 @@ def test_early_exit_budgets_hold_only_sensible_values(
         assert schedule.backbone_steps + schedule.exit_steps == budget.total_steps
 
 
-@CHECK
+@PROPERTY
 @given(
     steps=SMALL_INTS,
     gamma=FRACTIONS,
@@ -276,7 +263,7 @@ def test_glimpse_budgets_hold_only_sensible_values(
         assert budget is not None and budget.fixed_game.fixed_side == budget.fixed_side
 
 
-@CHECK
+@PROPERTY
 @given(widths=st.lists(SMALL_INTS, max_size=3), image_size=SMALL_INTS, mutate=st.booleans())
 def test_a_cnn_is_built_only_from_a_sensible_config(widths, image_size, mutate):
     config = CNNConfig(widths=(2,), hidden=4)
@@ -298,7 +285,7 @@ def test_a_cnn_is_built_only_from_a_sensible_config(widths, image_size, mutate):
 # Data and the environments
 
 
-@CHECK
+@PROPERTY
 @given(labels=st.lists(st.one_of(st.integers(-6, 45), st.floats(-1, 12)), min_size=3, max_size=3), poison=POISON)
 def test_canvases_hold_only_pixels_in_range_and_real_digit_labels(labels, poison):
     images = IMAGES[:3].clone()
@@ -312,7 +299,7 @@ def test_canvases_hold_only_pixels_in_range_and_real_digit_labels(labels, poison
         assert canvases.y.tolist() == labels and torch.isfinite(canvases.x).all()
 
 
-@CHECK
+@PROPERTY
 @given(seed=st.one_of(st.integers(-10, 2**33), st.floats(-1, 10), st.none(), st.booleans()))
 def test_environment_seeds_are_checked_before_gymnasium_sees_them(seed):
     env = GlimpseEnv(SCENES, TASK_MODEL, GAME)

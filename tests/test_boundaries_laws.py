@@ -5,11 +5,12 @@ another exception (a crash from deep inside torch, NumPy or SciPy) and never a s
 import dataclasses
 import math
 import re
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from efflab.data.text import ByteCorpus
@@ -35,7 +36,11 @@ from efflab.law_fitting import LawForm, compare_with_paper, fit_law
 from efflab.lm_grid import RunSpec, seed_spread
 from efflab.models.gpt import GPTConfig, TinyLM, probabilities_from_logits
 
-SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+from boundaries import BLAME, PROPERTY, valid_or_named
+
+# Here a message must also start a phrase about the name it blames ("lr=inf", "features['N'] contains").
+valid_or_blamed = partial(valid_or_named, blame=BLAME)
+
 BAD = st.sampled_from([math.nan, math.inf, -math.inf, -1.0, 0.0, 0, True, None, "1"])
 
 
@@ -46,18 +51,7 @@ def sane(low: float, high: float):
     )
 
 
-SMALL_INTS = st.one_of(st.integers(-2, 12), st.floats(-1, 5), st.booleans(), st.none())
-# A message blames a parameter when it starts a phrase about it: "lr=inf is not allowed", "features['N'] contains".
-BLAME = r"(=|\[| contains| has| have| holds| lacks| is | cannot)"
-
-
-def valid_or_named(make, *names):
-    """Call ``make()``; a ValueError must name one of ``names``; any other exception fails the test."""
-    try:
-        return make()
-    except ValueError as error:
-        assert any(re.search(rf"\b{re.escape(name)}{BLAME}", str(error)) for name in names), str(error)
-        return None
+SMALL_INTS = st.one_of(st.integers(-2, 12), st.floats(-1, 5), st.booleans(), st.none())  # grid sizes stay small
 
 
 # ---------------------------------------------------------------------------------- the fine-grained law
@@ -65,7 +59,7 @@ def valid_or_named(make, *names):
 COEFFICIENTS = ("a", "alpha", "b", "beta", "g", "gamma", "c")
 
 
-@SETTINGS
+@PROPERTY
 @given(
     coefficients=st.fixed_dictionaries({name: sane(0.0, 5.0) for name in COEFFICIENTS}),
     params=sane(1e3, 1e15),
@@ -73,14 +67,14 @@ COEFFICIENTS = ("a", "alpha", "b", "beta", "g", "gamma", "c")
     granularity=sane(1.0, 256.0),
 )
 def test_fine_grained_law_gives_a_finite_loss_or_names_the_input(coefficients, params, tokens, granularity):
-    law = valid_or_named(lambda: FineGrainedLaw(**coefficients), *COEFFICIENTS)
+    law = valid_or_blamed(lambda: FineGrainedLaw(**coefficients), *COEFFICIENTS)
     if law is not None:
-        loss = valid_or_named(lambda: law.loss(params, tokens, granularity), "params", "tokens", "granularity")
+        loss = valid_or_blamed(lambda: law.loss(params, tokens, granularity), "params", "tokens", "granularity")
         if loss is not None:
             assert np.isfinite(loss) and loss >= law.c
 
 
-@SETTINGS
+@PROPERTY
 @given(
     d_model=sane(1.0, 1e5),
     tokens=sane(1.0, 1e15),
@@ -90,10 +84,10 @@ def test_fine_grained_law_gives_a_finite_loss_or_names_the_input(coefficients, p
     router=sane(0.0, 20.0),
 )
 def test_shapes_and_flops_are_finite_and_positive(d_model, tokens, expansion, granularity, n_blocks, router):
-    shape = valid_or_named(lambda: fg_shape(d_model, expansion), "d_model", "expansion")
+    shape = valid_or_blamed(lambda: fg_shape(d_model, expansion), "d_model", "expansion")
     if shape is not None:
         assert all(np.isfinite(v) and v > 0 for v in shape.values())
-    flops = valid_or_named(
+    flops = valid_or_blamed(
         lambda: fg_training_flops(
             d_model, tokens, expansion, granularity, n_blocks=n_blocks, router_flops_factor=router
         ),
@@ -115,10 +109,10 @@ RANGES = st.one_of(
 )
 
 
-@SETTINGS
+@PROPERTY
 @given(flops=sane(1e15, 1e28), granularity=sane(1.0, 256.0), expansion=SMALL_INTS, d_model_range=RANGES)
 def test_the_optimum_at_one_granularity_lies_in_its_range(flops, granularity, expansion, d_model_range):
-    config = valid_or_named(
+    config = valid_or_blamed(
         lambda: fg_optimal_for_granularity(flops, granularity, expansion=expansion, d_model_range=d_model_range),
         "flops",
         "granularity",
@@ -136,10 +130,10 @@ GRANULARITIES = st.one_of(
 )
 
 
-@SETTINGS
+@PROPERTY
 @given(flops=sane(1e15, 1e28), granularities=GRANULARITIES)
 def test_the_compute_optimum_picks_one_of_the_granularities(flops, granularities):
-    config = valid_or_named(
+    config = valid_or_blamed(
         lambda: fg_compute_optimal(flops, granularities=granularities), "flops", "granularities"
     )
     if config is not None:
@@ -147,13 +141,13 @@ def test_the_compute_optimum_picks_one_of_the_granularities(flops, granularities
         assert math.isfinite(config.loss) and config.loss > FG_MOE.c
 
 
-@SETTINGS
+@PROPERTY
 @given(
     loss=sane(0.5, 6.0),
     bracket=st.one_of(st.tuples(sane(1e10, 1e16), sane(1e20, 1e30)), st.sampled_from([(1e20,), (1e30, 1e12)])),
 )
 def test_the_dense_budget_to_match_a_loss_is_positive(loss, bracket):
-    flops = valid_or_named(lambda: dense_flops_to_match(loss, bracket=bracket), "loss", "bracket")
+    flops = valid_or_blamed(lambda: dense_flops_to_match(loss, bracket=bracket), "loss", "bracket")
     if flops is not None:
         assert flops > 0 and not math.isnan(flops)  # inf: the loss is out of reach within the bracket
 
@@ -170,7 +164,7 @@ JOINT_VALUES = {
 }
 
 
-@SETTINGS
+@PROPERTY
 @given(
     changes=st.fixed_dictionaries({}, optional=JOINT_VALUES),
     active=sane(1e3, 1e12),
@@ -178,14 +172,14 @@ JOINT_VALUES = {
     experts=st.one_of(st.integers(1, 64), sane(1.0, 64.0)),
 )
 def test_joint_law_gives_a_finite_loss_or_names_the_input(changes, active, tokens, experts):
-    law = valid_or_named(lambda: dataclasses.replace(JOINT, **changes), *JOINT_NAMES)
+    law = valid_or_blamed(lambda: dataclasses.replace(JOINT, **changes), *JOINT_NAMES)
     if law is not None:
-        loss = valid_or_named(lambda: law.loss(active, tokens, experts), "active_params", "tokens", "experts")
+        loss = valid_or_blamed(lambda: law.loss(active, tokens, experts), "active_params", "tokens", "experts")
         if loss is not None:
             assert np.isfinite(loss)
 
 
-@SETTINGS
+@PROPERTY
 @given(
     flops=sane(1.0, 1e50),
     experts=sane(1.0, 64.0),
@@ -194,7 +188,7 @@ def test_joint_law_gives_a_finite_loss_or_names_the_input(changes, active, token
     inference_tokens=st.one_of(st.just(0.0), sane(1.0, 1e25)),
 )
 def test_optimal_configurations_are_consistent(flops, experts, memory_bytes, kv_tokens, inference_tokens):
-    config = valid_or_named(
+    config = valid_or_blamed(
         lambda: optimal_config(
             flops,
             experts,
@@ -218,18 +212,18 @@ def test_optimal_configurations_are_consistent(flops, experts, memory_bytes, kv_
             assert np.all(~config.fits | (config.memory_bytes <= float(memory_bytes) * (1 + 1e-6)))
 
 
-@SETTINGS
+@PROPERTY
 @given(experts=SMALL_INTS, e_start=sane(0.5, 10.0), e_max=sane(1.0, 500.0))
 def test_effective_experts_rise_from_e_start_towards_e_max(experts, e_start, e_max):
-    value = valid_or_named(lambda: jl.effective_experts(experts, e_start, e_max), "experts", "e_start", "e_max")
+    value = valid_or_blamed(lambda: jl.effective_experts(experts, e_start, e_max), "experts", "e_start", "e_max")
     if value is not None:
         assert np.isfinite(value) and e_start * (1 - 1e-9) <= value <= e_max
 
 
-@SETTINGS
+@PROPERTY
 @given(flops=sane(1e10, 1e30), experts=st.one_of(st.integers(-1, 64), BAD))
 def test_compute_savings_are_finite_and_positive(flops, experts):
-    saving = valid_or_named(lambda: jl.compute_saving(flops, experts), "flops", "experts")
+    saving = valid_or_blamed(lambda: jl.compute_saving(flops, experts), "flops", "experts")
     if saving is not None:
         assert np.isfinite(saving) and saving > 0
 
@@ -242,7 +236,7 @@ LOSSES = FG_DENSE.loss(N, D) * np.exp(0.003 * np.sin(np.arange(8)))
 FIT_NAMES = ("a", "alpha", "b", "beta", "c")
 
 
-@SETTINGS
+@PROPERTY
 @given(
     n_starts=st.one_of(st.integers(-1, 2), BAD),
     seed=st.one_of(st.integers(-2, 2**40), BAD),
@@ -255,7 +249,7 @@ FIT_NAMES = ("a", "alpha", "b", "beta", "c")
     ),
 )
 def test_fit_options_give_a_finite_fit_or_name_the_option(n_starts, seed, huber_delta, tolerance, fixed, start):
-    fit = valid_or_named(
+    fit = valid_or_blamed(
         lambda: fit_law(
             CHINCHILLA_FORM,
             {"N": N, "D": D},
@@ -281,13 +275,13 @@ def test_fit_options_give_a_finite_fit_or_name_the_option(n_starts, seed, huber_
             assert fit.coefficients[name] == pytest.approx(value)
 
 
-@SETTINGS
+@PROPERTY
 @given(
     column=st.lists(st.one_of(st.floats(1e3, 1e12), BAD.filter(lambda v: v != "1")), min_size=1, max_size=8),
     losses=st.lists(st.one_of(st.floats(0.5, 5.0), BAD.filter(lambda v: v != "1")), min_size=1, max_size=8),
 )
 def test_fit_data_gives_a_finite_fit_or_names_the_data(column, losses):
-    fit = valid_or_named(
+    fit = valid_or_blamed(
         lambda: fit_law(CHINCHILLA_FORM, {"N": column, "D": column[::-1]}, losses, n_starts=1),
         "features",
         "losses",
@@ -297,10 +291,10 @@ def test_fit_data_gives_a_finite_fit_or_names_the_data(column, losses):
         assert math.isfinite(fit.rmse_log)
 
 
-@SETTINGS
+@PROPERTY
 @given(low=sane(-2.0, 2.0), high=sane(-2.0, 2.0), paper=sane(-1.0, 1.0), factor=sane(0.5, 10.0))
 def test_comparison_with_the_paper_is_one_of_four_verdicts(low, high, paper, factor):
-    verdict = valid_or_named(
+    verdict = valid_or_blamed(
         lambda: compare_with_paper(low, high, paper, factor=factor), "low", "high", "paper", "factor"
     )
     if verdict is not None:
@@ -312,7 +306,7 @@ def test_comparison_with_the_paper_is_one_of_four_verdicts(low, high, paper, fac
 MODEL = TinyLM(GPTConfig(n_layer=1, n_head=1, d_model=8, block_size=8)).eval()
 
 
-@SETTINGS
+@PROPERTY
 @given(
     shape=st.sampled_from([(5,), (2, 5), (1, 1), (0,), (2, 0), ()]),
     poison=st.sampled_from([None, math.nan, math.inf, -math.inf, "row"]),
@@ -325,7 +319,7 @@ def test_probabilities_from_logits_are_a_distribution_or_name_the_knob(shape, po
         logits.fill_(-math.inf)
     elif poison is not None and logits.numel():
         logits.view(-1)[0] = poison
-    probabilities = valid_or_named(
+    probabilities = valid_or_blamed(
         lambda: probabilities_from_logits(logits, temperature, top_k=top_k), "logits", "temperature", "top_k"
     )
     if probabilities is not None:
@@ -335,7 +329,7 @@ def test_probabilities_from_logits_are_a_distribution_or_name_the_knob(shape, po
             assert ((probabilities > 0).sum(-1) <= top_k).all()
 
 
-@SETTINGS
+@PROPERTY
 @given(
     length=st.integers(0, 3),
     max_new=st.one_of(st.integers(-1, 4), BAD),
@@ -344,7 +338,7 @@ def test_probabilities_from_logits_are_a_distribution_or_name_the_knob(shape, po
 )
 def test_generation_appends_byte_ids_or_names_the_knob(length, max_new, temperature, top_k):
     prompt = torch.zeros(1, length, dtype=torch.long)
-    out = valid_or_named(
+    out = valid_or_blamed(
         lambda: MODEL.generate(prompt, max_new, temperature=temperature, top_k=top_k),
         "idx",
         "max_new_tokens",
@@ -364,13 +358,13 @@ def _fields(budget) -> list[str]:
     return [field.name for field in dataclasses.fields(budget)]
 
 
-@SETTINGS
+@PROPERTY
 @given(budget=st.sampled_from([GranularityBudget.quick(), ExpertCountBudget.quick()]), data=st.data())
 def test_grid_budget_fields_are_checked(budget, data):
     name = data.draw(st.sampled_from(_fields(budget)))
     value = data.draw(FIELD_VALUES)
     # a change may break a rule between fields (spread_width must be one of widths): the message names one of them
-    changed = valid_or_named(lambda: dataclasses.replace(budget, **{name: value}), *_fields(budget))
+    changed = valid_or_blamed(lambda: dataclasses.replace(budget, **{name: value}), *_fields(budget))
     if changed is not None:
         specs = changed.specs(0)
         assert specs and all(isinstance(spec, RunSpec) for spec in specs)
@@ -380,18 +374,18 @@ def test_grid_budget_fields_are_checked(budget, data):
         )
 
 
-@SETTINGS
+@PROPERTY
 @given(data=st.data())
 def test_byte_lm_budget_fields_are_checked(data):
     budget = ByteLMBudget.quick()
     name = data.draw(st.sampled_from(_fields(budget)))
     value = data.draw(st.one_of(FIELD_VALUES, st.sampled_from(["", "def ", (0.5, 1.0), (math.inf,)])))
-    changed = valid_or_named(lambda: dataclasses.replace(budget, **{name: value}), *_fields(budget))
+    changed = valid_or_blamed(lambda: dataclasses.replace(budget, **{name: value}), *_fields(budget))
     if changed is not None:
         assert changed.model_config().d_model == changed.d_model and changed.train_config().steps == changed.steps
 
 
-@SETTINGS
+@PROPERTY
 @given(
     width=SMALL_INTS,
     granularity=SMALL_INTS,
@@ -400,7 +394,7 @@ def test_byte_lm_budget_fields_are_checked(data):
     expansion=st.one_of(st.none(), SMALL_INTS),
 )
 def test_run_specs_are_checked(width, granularity, seed, routing, expansion):
-    valid_or_named(
+    valid_or_blamed(
         lambda: RunSpec(width, granularity, seed, routing, expansion),
         "width",
         "granularity",
@@ -410,7 +404,7 @@ def test_run_specs_are_checked(width, granularity, seed, routing, expansion):
     )
 
 
-@SETTINGS
+@PROPERTY
 @given(
     n_train=st.integers(0, 40),
     n_val=st.integers(0, 5),
@@ -419,13 +413,13 @@ def test_run_specs_are_checked(width, granularity, seed, routing, expansion):
     block_size=SMALL_INTS,
 )
 def test_corpus_batches_have_their_shape_or_name_the_setting(n_train, n_val, split, batch_size, block_size):
-    corpus = valid_or_named(
+    corpus = valid_or_blamed(
         lambda: ByteCorpus(torch.arange(n_train, dtype=torch.uint8), torch.arange(n_val, dtype=torch.uint8)),
         "train",
         "val",
     )
     if corpus is not None:
-        batch = valid_or_named(
+        batch = valid_or_blamed(
             lambda: corpus.get_batch(split, batch_size, block_size, generator=torch.Generator()),
             "split",
             "batch_size",
@@ -436,10 +430,10 @@ def test_corpus_batches_have_their_shape_or_name_the_setting(n_train, n_val, spl
             assert x.shape == y.shape == (batch_size, block_size) and torch.equal(x[:, 1:], y[:, :-1])
 
 
-@SETTINGS
+@PROPERTY
 @given(tokens=st.one_of(st.lists(st.integers(-2, 300), max_size=6), st.sampled_from(["ab", 5, None])))
 def test_decoding_takes_byte_ids_only(tokens):
-    text = valid_or_named(lambda: ByteCorpus.decode(tokens), "tokens")
+    text = valid_or_blamed(lambda: ByteCorpus.decode(tokens), "tokens")
     if text is not None:
         assert isinstance(text, str)
 

@@ -9,7 +9,7 @@ from dataclasses import replace
 import pandas as pd
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
@@ -54,21 +54,7 @@ from efflab.shapley import values as sh
 from efflab.shapley.experiment import ShapleyBudget, estimate
 from efflab.train import TrainConfig, classification_metrics, fit, language_model_loss, lr_factor, make_optimizer
 
-NUMBERS = st.one_of(
-    st.floats(allow_nan=True, allow_infinity=True, width=32), st.integers(-5, 1000), st.none(), st.booleans()
-)
-FRACTIONS = st.one_of(st.floats(-0.5, 1.5), st.sampled_from([math.nan, math.inf, -math.inf, 0.0, 1.0]), st.none())
-SMALL_INTS = st.one_of(st.integers(-3, 40), st.floats(-1, 5), st.none(), st.booleans())
-PROPERTY = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def valid_or_named(make, *names):
-    """Call ``make()``; a ValueError must name one of ``names``; any other exception fails the test."""
-    try:
-        return make()
-    except ValueError as error:
-        assert any(f"{name}=" in str(error) or name in str(error) for name in names), str(error)
-        return None
+from boundaries import FRACTIONS, NUMBERS, PROPERTY, SMALL_INTS, valid_or_named
 
 
 class AdditiveGame:
@@ -375,7 +361,10 @@ def test_mup_multipliers_and_widths(alpha_in, alpha_out, alpha_router, width, pa
 )
 def test_mup_scales(parameterization, head_dim, base_head_dim, n_layer, factor):
     scale = valid_or_named(
-        lambda: attention_scale(parameterization, head_dim, base_head_dim), "parameterization", "head_dim"
+        lambda: attention_scale(parameterization, head_dim, base_head_dim),
+        "parameterization",
+        "head_dim",
+        "base_head_dim",
     )
     if scale is not None:
         assert math.isfinite(scale) and scale > 0
