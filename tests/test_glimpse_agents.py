@@ -6,12 +6,13 @@ from torch import nn
 from efflab import results
 from efflab.data.canvas import Canvases
 from efflab.data.digits import load_digit_images, split_indices
-from efflab.glimpse import agents, policies
+from efflab.glimpse import agents, experiment, policies
 from efflab.glimpse.env import Game, observation_space
-from efflab.glimpse.experiment import GlimpseBudget
+from efflab.glimpse.experiment import NAME, GlimpseBudget
 from efflab.glimpse.features import KeypointExtractor
+from efflab.glimpse.policies import agent_policy, play
 from efflab.glimpse.scenes import SceneConfig, load_scenes
-from efflab.glimpse.task_model import TaskModelBudget, train_task_model
+from efflab.glimpse.task_model import TaskModelBudget, load_task_model, train_task_model
 from efflab.parallel import run_all
 from efflab.runtime import torch_threads
 
@@ -184,3 +185,20 @@ def test_a_committed_full_mode_policy_plays_the_current_game():
     agent, info = committed  # load_agent has already refused a policy trained for another game
     assert agent.observation_space == observation_space(game.observation_grid, game.glimpses)
     assert info["provenance"]["mode"] == "full" and info["provenance"]["git_commit"]
+
+
+def test_the_committed_task_model_is_the_one_the_committed_policy_was_trained_with():
+    """Quick mode trains its agents on the committed task model: with it, the committed policy must score on the
+    full-mode held-out scenes exactly what the committed record says it scored in the run that trained both."""
+    budget = GlimpseBudget.full()
+    game = budget.game
+    committed = agents.load_agent(results.COMMITTED_RESULTS, NAME, expected=game.metadata())
+    model = load_task_model(results.COMMITTED_RESULTS, NAME, expected=game.metadata())
+    record = results.load(NAME)
+    if committed is None or model is None or record is None:
+        pytest.skip("no full-mode policy, task model and record are committed under data/results/")
+    task_model, history = model
+    assert len(history) == TaskModelBudget.full().steps
+    scenes = experiment.test_scenes(game, budget.test_layouts, record["provenance"]["seed"])
+    log = play(agent_policy(committed[0]), scenes, task_model, game)
+    assert float(log.accuracy()[-1]) == pytest.approx(record["values"]["committed_policy_accuracy"], abs=1e-6)

@@ -129,7 +129,7 @@ def fake_result(free, fixed):
     logs = {"random": [log(1), log(1)], "grid": [log(2)], "centre first": [log(1)], "coarse view": [log(0)]}
     logs |= {"ideal": [log(4)], FREE: [log(n) for n in free], FIXED: [log(n, (16, 16)) for n in fixed]}
     history = pd.DataFrame({"step": [1], "loss": [1.0]})
-    history.attrs["from_cache"] = True
+    history.attrs.update(source="loaded from the cache", train_seconds=1.0)
     return GlimpseResult(
         budget=GlimpseBudget.quick(),
         test_scenes=Sized(),

@@ -1,3 +1,4 @@
+import pandas as pd
 import pytest
 import torch
 
@@ -13,6 +14,8 @@ from efflab.glimpse.task_model import (
     cached_task_model,
     digit_boxes,
     ideal_boxes,
+    load_task_model,
+    save_task_model,
     train_task_model,
     training_boxes,
 )
@@ -125,9 +128,42 @@ def test_the_cache_returns_the_same_frozen_model(tmp_path, monkeypatch):
     budget = TaskModelBudget(steps=3, batch_size=8, glimpses=1)
     first, history = cached_task_model(scenes, sensor, budget, scene_key={"split": "val"}, progress=False)
     again, cached_history = cached_task_model(scenes, sensor, budget, scene_key={"split": "val"}, progress=False)
-    assert not history.attrs["from_cache"] and cached_history.attrs["from_cache"]
+    assert history.attrs["source"] == "trained now" and cached_history.attrs["source"] == "loaded from the cache"
     assert all(
         torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values(), strict=True)
     )
     assert not again.training and not any(p.requires_grad for p in again.parameters())
     assert list(cached_history.loss) == pytest.approx(list(history.loss))
+
+
+def test_a_saved_task_model_loads_back_and_refuses_another_game(tmp_path, model):
+    history = pd.DataFrame({"step": [1, 2], "loss": [2.3, 2.1]})
+    history.attrs["train_seconds"] = 4.0
+    metadata = {"glimpses": 3, "sensor": {"canvas_size": 32}}
+    save_task_model(model, history, tmp_path, "tiny", metadata=metadata)
+    loaded, loaded_history = load_task_model(tmp_path, "tiny", expected=metadata)
+    readings, boxes = random_glimpses(4, 3)
+    assert torch.equal(beliefs(model, readings, boxes), beliefs(loaded, readings, boxes))
+    assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
+    assert list(loaded_history.loss) == pytest.approx([2.3, 2.1]) and loaded_history.attrs["train_seconds"] == 4.0
+    assert loaded_history.attrs["source"] == "read from the committed full-mode run"
+    with pytest.raises(ValueError, match="glimpses"):
+        load_task_model(tmp_path, "tiny", expected={**metadata, "glimpses": 4})
+    assert load_task_model(tmp_path, "absent", expected=metadata) is None
+    names = sorted(path.name for path in tmp_path.iterdir())
+    assert names == ["tiny_task_model.json", "tiny_task_model.safetensors"]  # no temp files left behind
+
+
+def test_a_damaged_saved_task_model_is_refused_with_its_path(tmp_path, model):
+    history = pd.DataFrame({"step": [1], "loss": [2.3]})
+    path = save_task_model(model, history, tmp_path, "tiny", metadata={})
+    path.write_bytes(path.read_bytes()[:50])  # a truncated safetensors file
+    with pytest.raises(ValueError, match="tiny_task_model.safetensors cannot be loaded"):
+        load_task_model(tmp_path, "tiny", expected={})
+    path.with_suffix(".json").write_text("{not json")
+    with pytest.raises(ValueError, match="metadata"):
+        load_task_model(tmp_path, "tiny", expected={})
+    with pytest.raises(ValueError, match="history"):
+        save_task_model(model, history.drop(columns="loss"), tmp_path, "tiny", metadata={})
+    with pytest.raises(ValueError, match="model of type"):
+        save_task_model(object(), history, tmp_path, "tiny", metadata={})

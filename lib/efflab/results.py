@@ -114,3 +114,39 @@ def load(name: str, results_dir=None) -> dict | None:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"results file {path} is not valid JSON ({error}); delete or regenerate it") from error
+
+
+def write_beside(path: Path, metadata: dict, run: Run | None = None, **extra) -> None:
+    """Write ``path``'s JSON twin (same name, ``.json``): what the saved artifact at ``path`` was made for
+    (``metadata``, checked by :func:`read_beside`), where it came from (its provenance) and ``extra`` fields."""
+    if not isinstance(metadata, dict):
+        raise ValueError(
+            f"metadata={metadata!r:.80} is not allowed; expected a dict describing what it was made for"
+        )
+    write_json(
+        _jsonable({"metadata": metadata, "provenance": provenance(run), **extra}), Path(path).with_suffix(".json")
+    )
+
+
+def read_beside(path: Path, expected: dict) -> dict:
+    """The JSON twin of the artifact at ``path``, once its metadata agrees with ``expected`` on every key.
+
+    A twin that is missing or unreadable, or that describes something else (another game, another model), raises
+    a ValueError naming the file and the keys that differ: the artifact beside it would be read wrongly.
+    """
+    if not isinstance(expected, dict):
+        raise ValueError(f"expected={expected!r:.80} is not allowed; expected a dict describing what is wanted")
+    twin = Path(path).with_suffix(".json")
+    try:
+        info = json.loads(twin.read_text())
+        saved = info["metadata"]
+        saved.items()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(
+            f"the file saved at {path} has no readable metadata JSON beside it ({error!r})"
+        ) from error
+    wanted = _jsonable(expected)
+    differing = {key: (saved.get(key), value) for key, value in wanted.items() if saved.get(key) != value}
+    if differing:
+        raise ValueError(f"the file saved at {path} was made for something else: {differing} (saved, expected)")
+    return info

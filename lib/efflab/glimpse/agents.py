@@ -21,7 +21,6 @@ scale) train side by side through :func:`efflab.parallel.run_all`, one task per 
 from __future__ import annotations
 
 import io
-import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +38,7 @@ from efflab.glimpse.env import Game, GlimpseVecEnv, check_task_model
 from efflab.glimpse.features import KeypointExtractor
 from efflab.glimpse.task_model import GlimpseClassifier, TaskModelConfig, freeze
 from efflab.parallel import task_progress
-from efflab.results import check_name, provenance, write_json
+from efflab.results import check_name, read_beside, write_beside
 from efflab.runtime import Run, Timer, seed_everything, torch_threads
 from efflab.validation import check_fraction, check_int, check_positive, check_seed
 
@@ -90,10 +89,9 @@ class AgentBudget(Budget):
 
     @classmethod
     def quick(cls) -> AgentBudget:
-        """2,000 updates of networks half as wide as full mode's, on half-size batches, so that four agents (two
-        seeds, free and fixed scale) train two at a time on two cores. On a shared, busy machine the four took
-        146 s; with 4,744 updates of (128, 128) networks a seed reached about 0.69 held-out accuracy, with these
-        about 0.5."""
+        """2,000 updates of networks half as wide as full mode's, on half-size batches: about 45 s per agent on
+        one core. With 4,744 updates of (128, 128) networks a seed reached about 0.69 held-out accuracy on the
+        quick task model, with these about 0.5."""
         return cls(steps=9_000, batch_size=64, hidden=(64, 64))
 
     @classmethod
@@ -259,7 +257,7 @@ def save_agent(agent: SAC, directory, name: str, *, metadata: dict, run: Run | N
     buffer = io.BytesIO()
     agent.save(buffer)
     atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
-    write_json({"metadata": metadata, "provenance": provenance(run)}, path.with_suffix(".json"))
+    write_beside(path, metadata, run)
     return path
 
 
@@ -275,15 +273,7 @@ def load_agent(directory, name: str, *, expected: dict) -> tuple[SAC, dict] | No
     path = Path(directory) / f"{name}{POLICY_SUFFIX}.zip"
     if not path.exists():
         return None
-    try:
-        info = json.loads(path.with_suffix(".json").read_text())
-        saved = info["metadata"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        message = f"the agent saved at {path} has no readable metadata JSON beside it ({error!r})"
-        raise ValueError(message) from error
-    differing = {key: (saved.get(key), value) for key, value in expected.items() if saved.get(key) != value}
-    if differing:
-        raise ValueError(f"the agent saved at {path} was trained for another game: {differing} (saved, expected)")
+    info = read_beside(path, expected)
     try:
         agent = SAC.load(path, device="cpu")
     except (OSError, ValueError, zipfile.BadZipFile) as error:

@@ -3,8 +3,10 @@ table and the findings.
 
 One run of the experiment:
 
-1. lays out training and held-out scenes (:mod:`~efflab.glimpse.scenes`) and trains the task model on random
-   glimpse episodes (cached), then frozen;
+1. lays out training and held-out scenes (:mod:`~efflab.glimpse.scenes`) and gets the frozen task model: in
+   quick mode the one the committed full-mode run trained, when one for this game is committed (the agents'
+   training is what quick mode shows; the task model is their pre-trained backbone, as in the paper's first
+   phase), otherwise, and in full mode, trained here on random glimpse episodes (cached);
 2. plays every fixed rule and the ideal baseline on the held-out scenes, and stops if the task model cannot read
    an ideal glimpse (:func:`check_task_model`);
 3. trains, side by side through :func:`efflab.parallel.run_all`, one SAC agent per seed with a *free* scale and
@@ -14,7 +16,7 @@ One run of the experiment:
 
 The difference "free minus fixed scale", paired by seed, is the paper's claim in isolation: the grid and the
 other fixed rules differ from SAC in learning *and* in adaptive scale at once. Quick and full mode play the
-*same game*, so a policy trained in full mode runs unchanged in a quick-mode notebook.
+*same game*, so a policy and a task model trained in full mode run unchanged in a quick-mode notebook.
 """
 
 from __future__ import annotations
@@ -29,11 +31,25 @@ import torch
 from efflab import results
 from efflab.data.canvas import Canvases
 from efflab.experiment import Budget, committed_device, paper_table, seeds_for, spread
-from efflab.glimpse.agents import AgentBudget, TrainedAgent, TrainingLog, agent_task, load_agent, train_agent_task
+from efflab.glimpse.agents import (
+    AgentBudget,
+    TrainedAgent,
+    TrainingLog,
+    agent_task,
+    load_agent,
+    save_agent,
+    train_agent_task,
+)
 from efflab.glimpse.env import Game
 from efflab.glimpse.policies import BASELINES, EpisodeLog, agent_policy, play
 from efflab.glimpse.scenes import SceneConfig, load_scenes
-from efflab.glimpse.task_model import GlimpseClassifier, TaskModelBudget, cached_task_model
+from efflab.glimpse.task_model import (
+    GlimpseClassifier,
+    TaskModelBudget,
+    cached_task_model,
+    load_task_model,
+    save_task_model,
+)
 from efflab.parallel import run_all
 from efflab.runtime import Run, Timer
 from efflab.validation import check_fraction, check_int
@@ -56,15 +72,19 @@ def paper_pixel_fraction() -> float:
 @dataclass(frozen=True)
 class GlimpseBudget(Budget):
     """The game and what it takes to learn it: the task model's training, SAC's per agent, how many seeds
-    train with a free and with a fixed scale, the fixed side, and how many held-out layouts score them."""
+    train with a free and with a fixed scale, the fixed side, and how many held-out layouts score them.
+
+    ``committed_task_model``: read the task model the committed full-mode run trained (see :func:`task_model_for`)
+    instead of training one with ``task_model``, when one for this game is committed."""
 
     game: Game = field(default_factory=Game)
     task_model: TaskModelBudget = field(default_factory=TaskModelBudget.quick)
     agent: AgentBudget = field(default_factory=AgentBudget.quick)
-    seeds: int = 2
-    fixed_scale_seeds: int = 2
+    seeds: int = 1
+    fixed_scale_seeds: int = 1
     fixed_side: int = 16
     test_layouts: int = 2
+    committed_task_model: bool = True
 
     def __post_init__(self):
         for name, kind in (("game", Game), ("task_model", TaskModelBudget), ("agent", AgentBudget)):
@@ -76,10 +96,15 @@ class GlimpseBudget(Budget):
         check_int("fixed_scale_seeds", self.fixed_scale_seeds, low=0, high=self.seeds)
         check_int("fixed_side", self.fixed_side, low=self.game.glimpse_size, high=self.game.scenes.canvas_size)
         check_int("test_layouts", self.test_layouts, low=1)
+        if not isinstance(self.committed_task_model, bool):
+            raise ValueError(
+                f"committed_task_model={self.committed_task_model!r} is not allowed; expected True or False"
+            )
 
     @classmethod
     def quick(cls) -> GlimpseBudget:
-        """Two seeds of each agent at 2,000 updates: four agents, two at a time on two cores."""
+        """One seed of each agent at 2,000 updates, side by side on two cores, on the committed full-mode task
+        model: two seeds of each, or training the task model here, took twice the 8-unit budget on two cores."""
         return cls()
 
     @classmethod
@@ -91,6 +116,7 @@ class GlimpseBudget(Budget):
             seeds=5,
             fixed_scale_seeds=5,
             test_layouts=5,
+            committed_task_model=False,
         )
 
     @property
@@ -173,7 +199,8 @@ class GlimpseResult:
             "fixed_scale_seeds": len(self.seeds[FIXED]),
             "test_scenes": len(self.test_scenes),
             "task_model_seconds": self.seconds["task_model"],
-            "task_model_from_cache": bool(self.task_history.attrs.get("from_cache", False)),
+            "task_model_source": self.task_history.attrs.get("source", "trained now"),
+            "task_model_train_seconds": self.task_history.attrs.get("train_seconds"),
             "sac_training_seconds": self.seconds["agents"],
             "seconds": self.seconds["total"],
         }
@@ -188,14 +215,7 @@ def run_experiment(run: Run, budget: GlimpseBudget) -> GlimpseResult:
     with Timer() as total:
         train, test = train_scenes(game, run.seed), test_scenes(game, budget.test_layouts, run.seed)
         with Timer() as task_timer:
-            task_model, history = cached_task_model(
-                train,
-                game.sensor,
-                budget.task_model,
-                scene_key=asdict(game.scenes),
-                seed=run.seed,
-                device=run.device,
-            )
+            task_model, history = task_model_for(run, budget, train)
         task_model = task_model.cpu()
         free_seeds = seeds_for(run.seed, budget.seeds)
         fixed_seeds = seeds_for(run.seed, budget.fixed_scale_seeds)
@@ -233,6 +253,29 @@ def run_experiment(run: Run, budget: GlimpseBudget) -> GlimpseResult:
         committed_policy=committed_info,
         seconds={"task_model": task_timer.seconds, "agents": agent_timer.seconds, "total": total.seconds},
     )
+
+
+def task_model_for(run: Run, budget: GlimpseBudget, scenes: Canvases) -> tuple[GlimpseClassifier, pd.DataFrame]:
+    """The frozen task model and its training history: the committed full-mode run's when the budget asks for it
+    and one for this game is committed, otherwise trained on ``scenes`` with ``budget.task_model`` (cached).
+    ``history.attrs["source"]`` says which."""
+    game = budget.game
+    if budget.committed_task_model:
+        committed = load_task_model(results.COMMITTED_RESULTS, NAME, expected=game.metadata())
+        if committed is not None:
+            return committed
+    return cached_task_model(
+        scenes, game.sensor, budget.task_model, scene_key=asdict(game.scenes), seed=run.seed, device=run.device
+    )
+
+
+def save_models(result: GlimpseResult, directory, run: Run | None = None) -> tuple:
+    """Save the first free-scale agent and the task model it was trained with beside the run's record, so that
+    quick-mode runs can play that policy and train their agents on that task model; return both paths."""
+    metadata = result.game.metadata()
+    policy = save_agent(result.first_agent, directory, NAME, metadata=metadata, run=run)
+    model = save_task_model(result.task_model, result.task_history, directory, NAME, metadata=metadata, run=run)
+    return policy, model
 
 
 def baselines(scenes: Canvases, task_model: GlimpseClassifier, game: Game, seeds) -> dict[str, list[EpisodeLog]]:

@@ -25,17 +25,22 @@ sharp digit looks like and the agent's reward would be noise.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import pandas as pd
+import safetensors.torch
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import Tensor, nn
 
-from efflab.cache import cached
+from efflab.cache import atomic_write, cached
 from efflab.data.canvas import Canvases
 from efflab.data.digits import N_CLASSES
 from efflab.glimpse.sensor import Sensor
+from efflab.results import check_name, read_beside, write_beside
 from efflab.runtime import Run
 from efflab.train import TrainConfig, fit
 from efflab.validation import check_fraction, check_int, check_positive, check_seed
@@ -357,8 +362,64 @@ def cached_task_model(
     loss = entry["loss"].numpy()
     history = pd.DataFrame({"step": range(1, len(loss) + 1), "loss": loss})
     history.attrs["train_seconds"] = float(entry["seconds"])
-    history.attrs["from_cache"] = not trained_now
+    history.attrs["source"] = "trained now" if trained_now else "loaded from the cache"
     return freeze(model.to(device)), history
+
+
+TASK_MODEL_SUFFIX = "_task_model"
+
+
+def save_task_model(
+    model: GlimpseClassifier,
+    history: pd.DataFrame,
+    directory,
+    name: str,
+    *,
+    metadata: dict,
+    run: Run | None = None,
+) -> Path:
+    """Write ``<directory>/<name>_task_model.safetensors`` and a JSON beside it (what it was trained for, its
+    config, its loss curve and where it came from), each atomically.
+
+    ``metadata`` names the game it reads (scenes, sensor, glimpses); :func:`load_task_model` refuses a model
+    saved for another.
+    """
+    check_name(name)
+    if not isinstance(model, GlimpseClassifier):
+        raise ValueError(f"model of type {type(model).__name__} is not allowed; expected a GlimpseClassifier")
+    if not isinstance(history, pd.DataFrame) or "loss" not in history:
+        raise ValueError("history is not allowed; expected the DataFrame (step, loss) training returned")
+    path = Path(directory) / f"{name}{TASK_MODEL_SUFFIX}.safetensors"
+    state = {key: tensor.detach().cpu().contiguous() for key, tensor in model.state_dict().items()}
+    atomic_write(path, lambda handle: handle.write(safetensors.torch.save(state)))
+    extra = {"config": asdict(model.config), "loss": history["loss"].tolist()}
+    write_beside(path, metadata, run, train_seconds=float(history.attrs.get("train_seconds", math.nan)), **extra)
+    return path
+
+
+def load_task_model(directory, name: str, *, expected: dict) -> tuple[GlimpseClassifier, pd.DataFrame] | None:
+    """The saved task model (frozen) and its training history, or None when ``directory`` holds none.
+
+    A model whose JSON disagrees with ``expected`` on any key, or whose files cannot be read, raises a ValueError.
+    ``history.attrs`` holds the training seconds and the provenance of the run that trained it.
+    """
+    check_name(name)
+    path = Path(directory) / f"{name}{TASK_MODEL_SUFFIX}.safetensors"
+    if not path.exists():
+        return None
+    info = read_beside(path, expected)
+    try:
+        config = TaskModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in info["config"].items()})
+        model = GlimpseClassifier(config)
+        model.load_state_dict(safetensors.torch.load_file(path))
+        loss = [math.nan if value is None else value for value in info["loss"]]
+    except (KeyError, TypeError, AttributeError, ValueError, RuntimeError, OSError, SafetensorError) as error:
+        message = f"the task model saved at {path} cannot be loaded ({error!r}); delete or regenerate it"
+        raise ValueError(message) from error
+    history = pd.DataFrame({"step": range(1, len(loss) + 1), "loss": loss})
+    history.attrs.update(train_seconds=info.get("train_seconds"), provenance=info["provenance"])
+    history.attrs["source"] = "read from the committed full-mode run"
+    return freeze(model), history
 
 
 def beliefs(model: GlimpseClassifier, readings: Tensor, boxes: Tensor, *, chunk: int = 2048) -> Tensor:
