@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from efflab.models.cnn import CNN, CNNConfig
+from efflab.models.cnn import CNN, ChannelsLastMaxPool, CNNConfig
 
 
 @pytest.mark.parametrize(
@@ -25,6 +25,7 @@ def test_named_parts_are_plain_modules():
         assert isinstance(block.conv, nn.Conv2d) and block.conv.out_channels == width
         assert isinstance(block.relu, nn.ReLU)
         assert ("pool" in block._modules) == pool
+    assert all(isinstance(block.pool, nn.MaxPool2d) for block in model.features if "pool" in block._modules)
     assert model.config.pools() == [True, True, False]  # 8 -> 4 -> 2, then it would drop below 2x2
     assert [type(m) for m in model.classifier] == [nn.Flatten, nn.Linear, nn.ReLU, nn.Linear]
 
@@ -57,3 +58,18 @@ def test_widths_become_a_tuple():
 def test_bad_config_names_the_parameter(kwargs, name):
     with pytest.raises(ValueError, match=name):
         CNNConfig(**kwargs)
+
+
+def test_channels_last_pools_change_the_layout_not_the_numbers():
+    torch.manual_seed(0)
+    model = CNN(CNNConfig(widths=(8, 16), hidden=16))
+    images = torch.randn(6, 1, 8, 8)
+    pooled = model.features[0](images)
+    assert pooled.is_contiguous(memory_format=torch.channels_last)
+    plain = CNN(CNNConfig(widths=(8, 16), hidden=16))
+    plain.load_state_dict(model.state_dict())
+    for block in plain.features:
+        if isinstance(getattr(block, "pool", None), ChannelsLastMaxPool):
+            block.pool = nn.MaxPool2d(2)
+    assert plain.features[0](images).is_contiguous()
+    torch.testing.assert_close(model(images), plain(images), rtol=1e-5, atol=1e-6)

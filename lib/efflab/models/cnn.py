@@ -8,6 +8,10 @@ three blocks with 16, 32 and 64 channels.
 Pooling stops before the feature map would shrink below 2x2. That keeps one architecture valid for scikit-learn's
 8x8 digits (8 -> 4 -> 2) and for the 32x32 cluttered canvases (32 -> 16 -> 8).
 
+The pools run in channels-last memory layout (:class:`ChannelsLastMaxPool`): on a CPU, PyTorch's 2x2 max-pool is
+much slower on the default layout, and once one pool has switched, the convolutions after it follow. The layout
+changes where the numbers sit in memory, never what they are.
+
 Every layer is a plain ``nn.Conv2d`` or ``nn.Linear`` with its own weights: structured pruning (Torch-Pruning,
 Fang et al. 2023, "DepGraph") removes whole channels by slicing these modules, and it can only follow what it
 sees as modules. After pruning, ``model.config`` still describes the network *as built*; count what the pruned
@@ -23,6 +27,13 @@ import torch
 from torch import nn
 
 from efflab.validation import check_int
+
+
+class ChannelsLastMaxPool(nn.MaxPool2d):
+    """``nn.MaxPool2d`` on a channels-last copy of its input (a no-op for an input already in that layout)."""
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return super().forward(features.contiguous(memory_format=torch.channels_last))
 
 
 @dataclass
@@ -95,7 +106,7 @@ class CNN(nn.Module):
                 relu=nn.ReLU(),
             )
             if pool:
-                layers["pool"] = nn.MaxPool2d(2)
+                layers["pool"] = ChannelsLastMaxPool(2)
             blocks.append(nn.Sequential(layers))
             channels = width
         self.features = nn.Sequential(*blocks)

@@ -211,7 +211,7 @@ def _cut(model: CNN, layer: str, inputs: Tensor) -> _LayerParts:
         activation = head.relu(head.hidden(head.flatten(blocks(inputs))))
         return _LayerParts(activation, head.out, nn.Identity())
     index = int(layer.split(".")[1])
-    activation = blocks[: index + 1](inputs)
+    activation = blocks[: index + 1](inputs).contiguous()  # the coalition products run faster on the default layout
     if index + 1 < len(blocks):
         following = blocks[index + 1]
         after_conv = [module for name, module in following.named_children() if name != "conv"]
@@ -237,7 +237,7 @@ def _channel_contributions(parts: _LayerParts) -> tuple[Tensor, Tensor, tuple[in
         per_group = layer.weight.transpose(0, 1).reshape(-1, 1, *layer.kernel_size)
         out = F.conv2d(activation, per_group, None, layer.stride, layer.padding, layer.dilation, groups=channels)
         shape = (layer.out_channels, *out.shape[2:])
-        contributions = out.view(samples, channels, -1).transpose(0, 1)
+        contributions = out.reshape(samples, channels, -1).transpose(0, 1)
         bias = layer.bias.repeat_interleave(out.shape[2] * out.shape[3])
         return contributions, bias, shape
     flat = activation.reshape(samples, channels, -1)
