@@ -34,5 +34,11 @@ def test_bad_arguments_are_named(options, named):
 
 def test_the_cpu_unit_is_a_positive_time_and_leaves_the_generator_alone():
     before = torch.random.get_rng_state()
-    assert cpu_unit_seconds() > 0
+    assert cpu_unit_seconds(steps=3) > 0  # a twentieth of the unit: the same code path, a second instead of twenty
     assert torch.equal(torch.random.get_rng_state(), before)
+
+
+@pytest.mark.parametrize("steps", [0, 2, 4, 3.0, True])
+def test_the_cpu_unit_refuses_a_step_count_it_cannot_split_in_thirds(steps):
+    with pytest.raises(ValueError, match=r"\bsteps\b"):
+        cpu_unit_seconds(steps=steps)

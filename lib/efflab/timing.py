@@ -55,11 +55,17 @@ def median_times(works: Mapping[str, Callable[[], object]], **options) -> dict[s
     return {name: statistics.median(values) for name, values in interleaved_times(works, **options).items()}
 
 
-def cpu_unit_seconds() -> float:
-    """Seconds of one CPU unit on this machine (see the module docstring); about 7 s on a fast 2-core machine."""
+def cpu_unit_seconds(steps: int = 60) -> float:
+    """Seconds of one CPU unit on this machine (see the module docstring); about 7 s on a fast 2-core machine.
+
+    The unit is 60 steps; fewer (a multiple of 3) time that fraction of it, which is how its test stays short.
+    """
+    check_int("steps", steps, low=3)
+    if steps % 3:
+        raise ValueError(f"steps={steps!r} is not allowed; expected a multiple of 3 (the best of three thirds)")
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(0)
-    width, layers, vocabulary, sequence, batch, steps = 128, 4, 256, 128, 16, 60
+    width, layers, vocabulary, sequence, batch = 128, 4, 256, 128, 16
     block = nn.TransformerEncoderLayer(width, 4, 4 * width, dropout=0.0, batch_first=True, norm_first=True)
     embed = nn.Embedding(vocabulary, width)
     encoder = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)

@@ -211,7 +211,7 @@ def _cut(model: CNN, layer: str, inputs: Tensor) -> _LayerParts:
         activation = head.relu(head.hidden(head.flatten(blocks(inputs))))
         return _LayerParts(activation, head.out, nn.Identity())
     index = int(layer.split(".")[1])
-    activation = blocks[: index + 1](inputs).contiguous()  # the coalition products run faster on the default layout
+    activation = blocks[: index + 1](inputs).contiguous()  # the coalition products are faster in this layout
     if index + 1 < len(blocks):
         following = blocks[index + 1]
         after_conv = [module for name, module in following.named_children() if name != "conv"]
