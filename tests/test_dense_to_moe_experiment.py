@@ -13,6 +13,17 @@ def test_quick_and_full_budgets_are_valid_and_differ():
     assert len(names) == len(set(names))
 
 
+def test_each_fine_tuning_is_shared_by_the_variants_at_its_weight():
+    budget = DenseToMoEBudget.quick()
+    groups = budget.conversions()
+    weights = [weight for weight, _ in groups]
+    assert len(weights) == len(set(weights)) == 1 + len(budget.penalty_weights)
+    regrouped = [(name, weight, experts) for weight, members in groups for name, experts in members]
+    assert sorted(regrouped, key=str) == sorted(budget.variants(), key=str)
+    main = dict(groups)[budget.main_weight]
+    assert [experts for _, experts in main] == [budget.n_experts, budget.large_experts]
+
+
 @pytest.mark.parametrize(
     "changes",
     [
