@@ -30,6 +30,7 @@ TINY = dict(
     eval_batches=1,
     track_every=3,
     seeds=2,
+    ablation_seeds=1,
     lr_grid=(4e-3, 1e-2),
     search_steps=6,
     search_evaluations=5,
@@ -72,6 +73,8 @@ def test_budget_checks_its_fields():
         RelativeLRBudget(lr_grid=(1e-3, float("nan")))
     with pytest.raises(ValueError, match="ablation"):
         RelativeLRBudget(ablation=("transformer",))
+    with pytest.raises(ValueError, match="ablation_seeds"):
+        RelativeLRBudget(seeds=2, ablation_seeds=3)
     full = RelativeLRBudget.full()
     assert full.transfer_steps > 0 and RelativeLRBudget.quick().transfer_steps == 0
 
@@ -102,7 +105,11 @@ def test_the_experiment_runs_and_summarises(result):
         assert values["search"]["best_loss"] <= values["search"]["start_loss"]
         # The first seed's uniform run is the sweep's run at the chosen rate: trained once, the same numbers.
         assert values["final_loss"]["uniform"][0] == values["lr_sweep"][f"{values['base_lr']:g}"]
-    assert set(summary["architectures"]["moe"]["ablation"]) == {"embedding", "router", "experts", "head"}
+    ablated = summary["architectures"]["moe"]["ablation"]
+    assert set(ablated) == {"embedding", "router", "experts", "head"}
+    assert all(len(v) == TINY["ablation_seeds"] for v in ablated.values())
+    reference = summary["architectures"]["moe"]["ablation_reference"]
+    assert reference == summary["architectures"]["moe"]["speedup"]["paper"][: TINY["ablation_seeds"]]
     assert summary["architectures"]["dense"]["ablation"] == {}
     updates = result.runs[("moe", "uniform", result.seeds[0])]["updates"]
     assert updates["steps"] == [0, 3, 6, 9]

@@ -160,7 +160,7 @@ def ablation_bars(summary: dict, architecture: str) -> go.Figure:
     """Speed-up of the paper's preset, and of it with one group at a time reset to uniform."""
     values = summary["architectures"][architecture]
     names = ["full preset", *[f"{g} reset" for g in values["ablation"]]]
-    series = [values["speedup"]["paper"], *values["ablation"].values()]
+    series = [values["ablation_reference"], *values["ablation"].values()]
     figure = go.Figure(
         go.Bar(
             x=names,
