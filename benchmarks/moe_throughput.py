@@ -11,8 +11,9 @@ backward on a batch of tokens, token-choice routing, no capacity limit.
 Columns, each as tokens/s relative to the dense FFN:
 
 * ``default``: what ``implementation="auto"`` runs here (``efflab.models.moe.default_path``: on a CPU the loop up
-  to 64 experts, the grouped product beyond; on a GPU the grouped product);
+  to 64 experts, or up to 8 when d_model is at most 64, the grouped product beyond; on a GPU the grouped product);
 * ``padded``: one batched product over a (n_experts, busiest expert's count, d_model) tensor;
+* ``grouped``: the grouped path with its own choice of kernel (``torch._grouped_mm`` where it works here);
 * ``slices``: the grouped path with the fallback kernel (a loop over each expert's contiguous rows), what a
   torch without a working ``torch._grouped_mm`` runs;
 * ``loop``: the reference, a plain loop over experts (the library's, which takes the experts' matrices with
@@ -41,7 +42,7 @@ from torch import nn
 
 from efflab.models.moe import MoEConfig, MoEFeedForward, grouped_mm_available
 
-COLUMNS = ("default", "padded", "slices", "loop", "loop+unbind")
+COLUMNS = ("default", "padded", "grouped", "slices", "loop", "loop+unbind")
 
 
 class DenseFFN(nn.Module):
@@ -147,6 +148,7 @@ def main() -> None:
                 "dense": dense,
                 "default": moe(*shape, "auto"),
                 "padded": moe(*shape, "padded"),
+                "grouped": moe(*shape, "grouped"),
                 "slices": moe(*shape, "grouped", grouped_kernel="segments"),
                 "loop": moe(*shape, "loop"),
                 "loop+unbind": moe(*shape, "loop", layer=UnbindLoopMoE),

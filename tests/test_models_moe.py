@@ -255,12 +255,17 @@ def test_grouped_mm_probe_is_cached_and_falls_back(monkeypatch):
 
 
 def test_default_path_follows_the_benchmark_rule():
-    from efflab.models.moe import CPU_LOOP_MAX_EXPERTS, default_path
+    from efflab.models.moe import CPU_LOOP_MAX_EXPERTS, CPU_SMALL_D_MODEL, CPU_SMALL_LOOP_MAX_EXPERTS, default_path
 
-    few = MoEConfig(d_model=16, d_ff=64, expansion=8, granularity=4)  # 32 experts, token choice
-    many = MoEConfig(d_model=16, d_ff=64, expansion=CPU_LOOP_MAX_EXPERTS, granularity=2)
-    assert default_path(few, "cpu") == "loop" and default_path(many, "cpu") == "grouped"
-    assert default_path(few, "cuda") == "grouped"
+    def token_choice(d_model, n_experts):
+        return MoEConfig(d_model=d_model, d_ff=4 * d_model, expansion=n_experts)
+
+    small, wide = CPU_SMALL_D_MODEL, 2 * CPU_SMALL_D_MODEL
+    assert default_path(token_choice(small, CPU_SMALL_LOOP_MAX_EXPERTS), "cpu") == "loop"
+    assert default_path(token_choice(small, CPU_SMALL_LOOP_MAX_EXPERTS + 1), "cpu") == "grouped"
+    assert default_path(token_choice(wide, CPU_LOOP_MAX_EXPERTS), "cpu") == "loop"
+    assert default_path(token_choice(wide, CPU_LOOP_MAX_EXPERTS + 1), "cpu") == "grouped"
+    assert default_path(token_choice(small, 2), "cuda") == "grouped"
     expert_choice = MoEConfig(d_model=16, d_ff=64, expansion=8, granularity=4, routing="expert_choice")
     assert default_path(expert_choice, "cpu") == default_path(expert_choice, "cuda") == "padded"
     pinned = MoEConfig(d_model=16, d_ff=64, expansion=8, granularity=4, implementation="padded")

@@ -51,7 +51,7 @@ where the time goes, and there are three ways, which must agree in outputs and g
 
 ``implementation="auto"`` picks by device and shape (:func:`default_path`, a rule read off
 ``benchmarks/moe_throughput.py``): ``"padded"`` for expert choice; for token choice ``"grouped"`` on a GPU, and
-on a CPU the loop up to 64 experts, ``"grouped"`` beyond.
+on a CPU the loop up to 64 experts (up to 8 in a model of width 64 or less), ``"grouped"`` beyond.
 """
 
 from __future__ import annotations
@@ -513,9 +513,13 @@ def combine(rows: Tensor, routing: Routing) -> Tensor:
 # ------------------------------------------------------------------------------------- the default path
 
 CPU_LOOP_MAX_EXPERTS = 64
-"""On a CPU, token choice runs the loop up to this many experts (``benchmarks/moe_throughput.py``, one thread,
-4096 tokens, d_model 256: the loop over unbound experts was the fastest path at 8 and 32 experts, 1.1x to 2.5x
-the grouped product, which wins only with hundreds of small experts)."""
+"""On a CPU, token choice runs the loop up to this many experts at any width (``benchmarks/moe_throughput.py``,
+one thread, 4096 tokens, d_model 256: the loop matched or beat the grouped product from 4 to 128 experts)."""
+CPU_SMALL_D_MODEL = 64
+CPU_SMALL_LOOP_MAX_EXPERTS = 8
+"""In a model no wider than :data:`CPU_SMALL_D_MODEL`, token choice on a CPU loops up to this many experts only:
+there every expert's products are so small that per-operation overhead dominates, and one grouped product beat
+the loop from 16 experts on (2048 tokens, d_model 32 to 64: 1.1x to 1.75x, forward and backward)."""
 
 
 def default_path(config: MoEConfig, device) -> str:
@@ -525,8 +529,10 @@ def default_path(config: MoEConfig, device) -> str:
 
     * a GPU: ``"padded"`` for expert choice (every expert holds exactly its capacity, so there is no padding)
       and ``"grouped"`` for token choice (one kernel for all experts instead of one launch per expert);
-    * a CPU: the loop for token choice up to :data:`CPU_LOOP_MAX_EXPERTS` experts (small products run well on a
-      CPU, and the loop skips the sort and the gathers), ``"grouped"`` beyond; ``"padded"`` for expert choice.
+    * a CPU: ``"padded"`` for expert choice; for token choice the loop (small products run well on a CPU, and
+      the loop skips the sort and the gathers) up to :data:`CPU_LOOP_MAX_EXPERTS` experts, or up to
+      :data:`CPU_SMALL_LOOP_MAX_EXPERTS` in a model of width at most :data:`CPU_SMALL_D_MODEL`, and
+      ``"grouped"`` beyond.
     """
     if not isinstance(config, MoEConfig):
         raise ValueError(f"config={config!r:.80} is not allowed; expected an MoEConfig")
@@ -538,7 +544,11 @@ def default_path(config: MoEConfig, device) -> str:
         on_cpu = torch.device(device).type == "cpu"
     except (RuntimeError, TypeError) as error:
         raise ValueError(f"device={device!r} is not allowed; expected a torch device such as 'cpu'") from error
-    return "loop" if on_cpu and config.n_experts <= CPU_LOOP_MAX_EXPERTS else "grouped"
+    if not on_cpu:
+        return "grouped"
+    small = config.d_model <= CPU_SMALL_D_MODEL
+    most_for_loop = CPU_SMALL_LOOP_MAX_EXPERTS if small else CPU_LOOP_MAX_EXPERTS
+    return "loop" if config.n_experts <= most_for_loop else "grouped"
 
 
 # ---------------------------------------------------------------------------------------- grouped matmul
