@@ -12,8 +12,7 @@ TEST_STAMP := $(VENV)/.installed-test
 # torch is installed on its own, first: anything that depends on it would otherwise pull a multi-GB CUDA build.
 TORCH_SPEC ?= $(shell grep -E '^torch==' requirements.txt)
 CELL_TIMEOUT ?= 600
-# pytest workers: two files at a time keep both cores busy through the serial stretches of each notebook. The
-# notebooks go first, so the many short unit-test files fill both workers to the end instead of one long notebook.
+# pytest workers: two files at a time keep both cores busy through the serial stretches of each notebook.
 TEST_WORKERS ?= 2
 # Extra JupyterLab options, e.g. make lab LAB_ARGS="--no-browser --port 8899"
 LAB_ARGS ?=
@@ -49,7 +48,7 @@ test: $(TEST_STAMP)
 	$(BIN)/ruff check lib tests benchmarks notebooks
 	$(BIN)/ruff format --check lib tests benchmarks
 	$(BIN)/python -m efflab.clean_notebooks --check notebooks/*.ipynb
-	EFFLAB_MODE=quick $(BIN)/python -m pytest notebooks tests --nbval-lax --nbval-current-env \
+	EFFLAB_MODE=quick $(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env \
 		--nbval-cell-timeout=$(CELL_TIMEOUT) -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 # The notebooks in JupyterLab in Debian's Chromium (Playwright drives it; no browser is downloaded), then the
