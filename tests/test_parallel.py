@@ -88,6 +88,19 @@ def test_bad_arguments_are_named(arguments, named):
         run_all(math.sqrt, [1.0], progress=False, **arguments)
 
 
+def test_a_task_asks_for_a_gpu_share_only_when_it_trains_on_cuda():
+    assert parallel.gpu_share_for("cpu") is None and parallel.gpu_share_for(torch.device("cpu")) is None
+    assert (
+        parallel.gpu_share_for("cuda")
+        == parallel.gpu_share_for(torch.device("cuda", 0))
+        == 1 / parallel.TASKS_PER_GPU
+    )
+    assert parallel.gpu_share_for("cuda:1", tasks_per_gpu=4) == 0.25
+    for bad, named in [("gpu", "device"), (None, "device"), ("cuda", "tasks_per_gpu")]:
+        with pytest.raises(ValueError, match=named):
+            parallel.gpu_share_for(bad, **({"tasks_per_gpu": 0} if named == "tasks_per_gpu" else {}))
+
+
 def test_the_environment_picks_the_backend(monkeypatch):
     monkeypatch.setenv("EFFLAB_EXECUTOR", "inline")
     assert parallel.default_backend() == "inline"

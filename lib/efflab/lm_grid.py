@@ -40,7 +40,7 @@ from efflab.data.text import ByteCorpus
 from efflab.experiment import Budget
 from efflab.models.gpt import GPTConfig, TinyLM
 from efflab.models.moe import experts_per_token, moe_ffn, moe_layers
-from efflab.parallel import run_all
+from efflab.parallel import gpu_share_for, run_all
 from efflab.runtime import Run, Timer, seed_everything
 from efflab.train import TrainConfig, cross_entropy, fit, language_model_loss, make_optimizer
 from efflab.validation import check_choice, check_fraction, check_int, check_positive, check_seed
@@ -499,7 +499,6 @@ def train_specs(
     if workers is not None:
         check_int("workers", workers, low=1)
     tasks = [GridTask(spec, budget, corpus, str(run.device)) for spec in specs]
-    gpu_share = 1.0 / (4 if workers is None else workers) if run.device.type == "cuda" else None
     with Timer() as total:
         outcomes = run_all(
             train_task,
@@ -508,7 +507,7 @@ def train_specs(
             workers=workers,
             progress=progress,
             description=description,
-            gpu_share=gpu_share,
+            gpu_share=gpu_share_for(run.device),
         )
     routers = {
         (spec.label, spec.width, spec.seed): outcome["router"]

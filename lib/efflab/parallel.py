@@ -15,7 +15,8 @@ carrying what the run needs, its seed included. The results come back in task or
     a local pool with one worker per free core, each pinned to one intra-op thread (the default);
 ``ray``
     a Ray cluster (``EFFLAB_EXECUTOR=ray``; ``RAY_ADDRESS`` names the cluster, none starts a local one), one task
-    per CPU, or per share of a GPU when the tasks train on CUDA.
+    per CPU, plus a share of a GPU when the tasks train on CUDA (``gpu_share=gpu_share_for(run.device)``: Ray
+    hides the GPUs from a task that asks for none).
 
 Every backend runs each task with one torch thread and the global random generators seeded to the same value
 before it starts, so a task that seeds itself from its own fields gives bitwise the same result on each backend.
@@ -36,12 +37,14 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
+import torch
 from tqdm.auto import tqdm
 
 from efflab.runtime import seed_everything, torch_threads
 from efflab.validation import check_choice, check_int, check_range
 
 BACKENDS = ("inline", "processes", "ray")
+TASKS_PER_GPU = 8  # small models leave most of a GPU idle: this many tasks share one, each its own process
 TASK_SEED = 0  # what the global generators hold when a task starts, on every backend
 _relay = None  # in a pool worker: the queue that carries task progress to the parent
 
@@ -72,6 +75,19 @@ def default_backend() -> str:
     backend = os.environ.get("EFFLAB_EXECUTOR", "processes").strip().lower() or "processes"
     check_choice("EFFLAB_EXECUTOR", backend, BACKENDS)
     return backend
+
+
+def gpu_share_for(device, tasks_per_gpu: int = TASKS_PER_GPU) -> float | None:
+    """The fraction of a GPU one task asks Ray for when it trains on ``device``: ``1 / tasks_per_gpu`` on CUDA,
+    ``None`` (no GPU) otherwise."""
+    check_int("tasks_per_gpu", tasks_per_gpu, low=1)
+    try:
+        kind = torch.device(device).type
+    except (TypeError, RuntimeError):
+        raise ValueError(
+            f"device={device!r} is not allowed; expected a torch device such as 'cpu' or 'cuda'"
+        ) from None
+    return 1.0 / tasks_per_gpu if kind == "cuda" else None
 
 
 def run_all(

@@ -62,7 +62,7 @@ from efflab.early_exit.exits import (
 from efflab.experiment import Budget, committed_device, paper_table, seeds_for, spread
 from efflab.flops import module_forward_flops
 from efflab.models.cnn import CNN, CNNConfig
-from efflab.parallel import run_all
+from efflab.parallel import gpu_share_for, run_all
 from efflab.runtime import Run, Timer, seed_everything, torch_threads
 from efflab.validation import check_choice, check_fraction, check_int, check_positive, check_seed
 
@@ -414,7 +414,10 @@ def train_all(budget: EarlyExitBudget, seeds, device: str = "cpu", *, progress: 
     run that the later phases continued.
     """
     first, recipe = plan_tasks(budget, seeds, device)
-    done = run_all(train_task, first, description="early exits: phase 1 and joint", progress=progress)
+    share = gpu_share_for(device)
+    done = run_all(
+        train_task, first, description="early exits: phase 1 and joint", progress=progress, gpu_share=share
+    )
     backbones = {(run.seed, run.share): run.state for run in done if run.regime is None}
     phase1_steps = {(run.seed, run.share): len(run.history) for run in done if run.regime is None}
     runs = {(run.seed, run.regime, run.share): run for run in done if run.regime is not None}
@@ -423,7 +426,9 @@ def train_all(budget: EarlyExitBudget, seeds, device: str = "cpu", *, progress: 
         for seed, regime, share, main in recipe
     ]
     second.sort(key=lambda t: (t.regime == "disjoint", t.share))  # joint phases (the longer ones) first
-    for run in run_all(train_task, second, description="early exits: later phases", progress=progress):
+    for run in run_all(
+        train_task, second, description="early exits: later phases", progress=progress, gpu_share=share
+    ):
         runs[(run.seed, run.regime, run.share)] = run
     for seed in seeds:  # the shared points of the sweep
         runs[(seed, "mixed", 0.0)] = runs[(seed, "joint", 0.0)]
