@@ -8,9 +8,12 @@ import torch
 
 from efflab.flops import gpt_parameter_count
 from efflab.models.bert import BertConfig, FeedForward
+from efflab.projected_compression import experiment
 from efflab.projected_compression.experiment import (
+    METHODS,
     CompressionBudget,
     findings,
+    live_task,
     paper_rows,
     run_experiment,
     target_for_keep,
@@ -146,10 +149,25 @@ def _summary_with_gaps(high: list[float], low: list[float]) -> dict:
     def per_keep(gaps):
         return {"0.5": {"100": [g + 0.01 for g in gaps], "300": gaps}}
 
+    def losses(pc):
+        return {"0.5": {METHODS[0]: [2.5, 2.5], METHODS[1]: [2.2, 2.4], METHODS[2]: pc, METHODS[3]: [2.9, 3.0]}}
+
     return {
         "tokens": [100, 300],
         "base_loss": {"high": 2.0, "low": 3.0},
         "gap_pc_minus_pruned": {"high": per_keep(high), "low": per_keep(low)},
+        "final_loss": {"high": losses([2.0, 2.2]), "low": losses([2.6, 2.7])},
+    }
+
+
+def _minilm(pc: list[float], pruned: list[float]) -> dict:
+    return {
+        "layers": [5],
+        "d_ff": 1536,
+        "target_d_ff": 384,
+        "steps": 30,
+        "cosine": {"projected compression": pc, "pruned + retrain": pruned, "pruned, no retrain": [0.5]},
+        "neighbours": {"projected compression": [0.8] * len(pc), "pruned + retrain": [0.7] * len(pruned)},
     }
 
 
@@ -157,9 +175,76 @@ def test_findings_has_a_sentence_for_each_outcome():
     better = findings(_summary_with_gaps([-0.05, -0.04], [0.02, 0.03]))
     assert "projected compression beats hard prune + retrain" in better
     assert "hard prune + retrain beats projected compression" in better
-    assert "larger on the better base" in better and "in PC's favour" in better
+    assert "larger on the better base at every keep fraction and seed" in better and "in PC's favour" in better
+    worse = findings(_summary_with_gaps([0.02, 0.03], [-0.05, -0.04]))
+    assert "smaller on the better base at every keep fraction and seed" in worse
     mixed = findings(_summary_with_gaps([-0.05, 0.04], [-0.01, -0.02]))
-    assert "mixed" in mixed and "not larger on the better base" in mixed
+    assert "mixed" in mixed and "seeds disagree" in mixed
+
+
+def test_a_better_base_is_claimed_only_when_every_seed_agrees():
+    # the means favour the better base (-0.045 vs 0.0), but the second seed says the opposite
+    text = findings(_summary_with_gaps([-0.10, 0.01], [0.0, 0.0]))
+    assert "seeds disagree on whether PC's margin is larger on the better base (it is in 1 of 2" in text
+    assert "at every keep fraction and seed" not in text
+
+
+@pytest.mark.parametrize(
+    ("pc", "pruned", "words"),
+    [
+        ([0.9], [0.8], "PC higher, on one seed only"),
+        ([0.7], [0.8], "PC lower, on one seed only"),
+        ([0.9, 0.85], [0.8, 0.8], "PC higher on every seed"),
+        ([0.9, 0.7], [0.8, 0.8], "the seeds disagree on which is higher"),
+    ],
+)
+def test_the_minilm_verdict_says_how_many_seeds_it_rests_on(pc, pruned, words):
+    summary = {**_summary_with_gaps([-0.05, -0.04], [0.02, 0.03]), "minilm": _minilm(pc, pruned)}
+    line = next(line for line in findings(summary).splitlines() if line.startswith("- **MiniLM**"))
+    assert f"({words})" in line
+
+
+def test_findings_end_with_the_final_losses_of_every_method_per_base_and_keep():
+    text = findings(_summary_with_gaps([-0.05, -0.04], [0.02, 0.03]))
+    assert "Final eval loss after 300 training tokens, mean [min, max] over seeds" in text
+    header = "| base (its own loss) | keep | " + " | ".join(METHODS) + " |"
+    assert header in text
+    assert "| longer-pretrained (2.000) | 0.5 | 2.500 | 2.300 [2.200, 2.400] | 2.100 [2.000, 2.200] | " in text
+    assert "| shorter-pretrained (3.000) | 0.5 | 2.500 | 2.300 [2.200, 2.400] | 2.650 [2.600, 2.700] | " in text
+    assert text.rstrip().endswith("2.950 [2.900, 3.000] |")
+
+
+def test_paper_rows_quote_the_committed_minilm_numbers(tiny_result):
+    summary = tiny_result.summary()
+    committed = {**copy.deepcopy(summary), "minilm": _minilm([0.912, 0.914], [0.887, 0.889])}
+    table = paper_rows(summary, committed)
+    full = next(column for column in table.columns if column.startswith("full-mode run"))
+    row = table.loc["MiniLM FFN compression: cosine to original embeddings, PC vs prune+retrain"]
+    assert row[full] == "0.913 vs 0.888" and row["this run"] == "n/a"
+    ours = paper_rows({**summary, "minilm": _minilm([0.5], [0.6])}, None)
+    row = ours.loc["MiniLM FFN compression: cosine to original embeddings, PC vs prune+retrain"]
+    assert row["this run"] == "0.500 vs 0.600" and row[full] == "n/a"
+
+
+def test_the_live_task_trains_on_the_run_s_device_from_the_run_s_cached_base(tiny_result, monkeypatch):
+    def no_pretraining(task):
+        raise AssertionError(f"the live task missed the cached base and pretrained again: {task}")
+
+    monkeypatch.setattr(experiment, "_train_base", no_pretraining)
+    task = live_task(tiny_result, "projected compression", "high", 0.5, "activation", 2)
+    assert task.device == tiny_result.device == "cpu"
+    # a run on another device: the base is asked for there, and the live run trains there
+    asked = []
+    cached_on_cpu = experiment.pretrain_base
+
+    def pretrain_base(base_task):
+        asked.append(base_task.device)
+        return cached_on_cpu(dataclasses.replace(base_task, device="cpu"))
+
+    monkeypatch.setattr(experiment, "pretrain_base", pretrain_base)
+    elsewhere = dataclasses.replace(tiny_result, device="cuda")
+    assert live_task(elsewhere, "pruned + retrain", "low", 0.2, "magnitude", 2).device == "cuda"
+    assert asked == ["cuda"]
 
 
 def test_playground_answers_every_control_and_its_button_adds_a_run(tiny_result):

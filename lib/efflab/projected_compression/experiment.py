@@ -32,7 +32,7 @@ from efflab.data.text import load_corpus
 from efflab.experiment import Budget, committed_device, paper_table, seeds_for, spread
 from efflab.flops import gpt_parameter_count
 from efflab.models.gpt import GPTConfig, TinyLM
-from efflab.parallel import run_all, task_progress
+from efflab.parallel import gpu_share_for, run_all, task_progress
 from efflab.projected_compression import cost
 from efflab.projected_compression.hard_pruning import hard_prune
 from efflab.projected_compression.importance import IMPORTANCES, Selection, Target, importance_for, select
@@ -355,6 +355,7 @@ class CompressionResult:
     parameter_match: bool
     encoder: EncoderResult | None
     task_cpu_seconds: float = 0.0  # processor time spent inside the independent tasks (their sum)
+    device: str = "cpu"  # where the tasks trained; a live run trains there too and finds the same cached bases
 
     def final_losses(self, quality: str, keep: float, method: str, steps: int, importance="activation"):
         rows = self.runs[
@@ -416,6 +417,7 @@ def run_experiment(run: Run, budget: CompressionBudget) -> CompressionResult:
         raise ValueError(f"budget={budget!r} is not allowed; expected a CompressionBudget")
     config = budget.config
     device = run.device.type
+    share = gpu_share_for(device)
     corpus = load_corpus(budget.corpus_bytes)
     seeds = seeds_for(run.seed, budget.seeds)
     common = dict(eval_batches=budget.eval_batches, eval_batch_size=budget.eval_batch_size)
@@ -432,7 +434,7 @@ def run_experiment(run: Run, budget: CompressionBudget) -> CompressionResult:
         )
         for steps in budget.pretrain_steps
     ]
-    pretrained = run_all(pretrain_base, pretrain_tasks, description="pretrain bases")
+    pretrained = run_all(pretrain_base, pretrain_tasks, description="pretrain bases", gpu_share=share)
     bases, base_curves, base_loss = {}, {}, {}
     for quality, outcome in zip(QUALITIES, pretrained, strict=True):
         model = TinyLM(config)
@@ -483,7 +485,7 @@ def run_experiment(run: Run, budget: CompressionBudget) -> CompressionResult:
     search_tasks = [
         task(m, "high", middle_keep, "activation", budget.token_budgets[0], lr, seeds[0]) for m, lr in search
     ]
-    search_out = run_all(train_compressed, search_tasks, description="learning-rate grid")
+    search_out = run_all(train_compressed, search_tasks, description="learning-rate grid", gpu_share=share)
     lr_search = pd.DataFrame(
         [
             {"method": m, "lr": lr, "final_loss": o["final_loss"]}
@@ -516,7 +518,7 @@ def run_experiment(run: Run, budget: CompressionBudget) -> CompressionResult:
         for k in budget.keep_fractions
         for m in TRAINED[:2]
     ]
-    outcomes = run_all(train_compressed, main, description="compression runs")
+    outcomes = run_all(train_compressed, main, description="compression runs", gpu_share=share)
 
     rows, curves = [], {}
     heatmap, merge_errors, parameter_match = {}, [], True
@@ -594,6 +596,7 @@ def run_experiment(run: Run, budget: CompressionBudget) -> CompressionResult:
         parameter_match=bool(parameter_match),
         encoder=encoder,
         task_cpu_seconds=task_cpu,
+        device=device,
     )
 
 
@@ -602,7 +605,11 @@ def _eval_kwargs(budget: CompressionBudget) -> dict:
 
 
 def live_task(result: CompressionResult, method: str, quality: str, keep: float, importance: str, steps: int):
-    """The task the playground's button runs: one more configuration, next seed after the precomputed ones."""
+    """The task the playground's button runs: one more configuration, next seed after the precomputed ones.
+
+    It trains on the run's device, and asks for its base with exactly the run's pretraining task (device
+    included), so the cache hands back the base the study used instead of pretraining a new one.
+    """
     check_choice("method", method, TRAINED)
     check_choice("quality", quality, QUALITIES)
     check_choice("importance", importance, IMPORTANCES)
@@ -619,6 +626,7 @@ def live_task(result: CompressionResult, method: str, quality: str, keep: float,
         int(result.runs.seed.min()),
         budget.eval_batches,
         budget.eval_batch_size,
+        device=result.device,
     )
     state = pretrain_base(base_task)["state"]
     base = TinyLM(config)
@@ -648,6 +656,7 @@ def live_task(result: CompressionResult, method: str, quality: str, keep: float,
         eval_batches=budget.eval_batches,
         eval_batch_size=budget.eval_batch_size,
         evals_per_run=budget.evals_per_run,
+        device=result.device,
     )
 
 
@@ -656,6 +665,14 @@ def live_task(result: CompressionResult, method: str, quality: str, keep: float,
 
 def _mean(values) -> float:
     return float(np.mean(values)) if len(values) else float("nan")
+
+
+def _minilm_text(values: dict | None) -> str:
+    """Mean held-out cosine to the original embeddings, PC vs prune + retrain, of one summary's MiniLM study."""
+    if values is None or "minilm" not in values:
+        return "n/a"
+    cosine = values["minilm"]["cosine"]
+    return f"{_mean(cosine['projected compression']):.3f} vs {_mean(cosine['pruned + retrain']):.3f}"
 
 
 def paper_rows(summary: dict, committed: dict | None = None) -> pd.DataFrame:
@@ -708,15 +725,13 @@ def paper_rows(summary: dict, committed: dict | None = None) -> pd.DataFrame:
             f"{summary['breakeven_tokens_10pct'][keep]} tokens per step",
         )
     )
-    if "minilm" in summary:
-        minilm = summary["minilm"]
+    if "minilm" in summary or "minilm" in (committed or {}):
         rows.append(
             dict(
                 quantity="MiniLM FFN compression: cosine to original embeddings, PC vs prune+retrain",
                 paper="not in the paper (it compresses decoder LMs)",
-                this_run=f"{_mean(minilm['cosine']['projected compression']):.3f} vs "
-                f"{_mean(minilm['cosine']['pruned + retrain']):.3f}",
-                full_run="n/a" if committed is None or "minilm" not in committed else "see record",
+                this_run=_minilm_text(summary),
+                full_run=_minilm_text(committed),
                 note="held-out sentences, equal distillation steps",
             )
         )
@@ -724,6 +739,8 @@ def paper_rows(summary: dict, committed: dict | None = None) -> pd.DataFrame:
 
 
 def _verdict(gaps: list[float]) -> str:
+    """ "better" when every difference is below zero, "worse" when every one is above, else "mixed": a direction
+    is claimed only when no seed contradicts it."""
     if all(g < 0 for g in gaps):
         return "better"
     if all(g > 0 for g in gaps):
@@ -731,13 +748,92 @@ def _verdict(gaps: list[float]) -> str:
     return "mixed"
 
 
+def _mean_range(values: list[float]) -> str:
+    """``mean [min, max]`` over seeds, or the single value when they all agree (no retraining has no seed)."""
+    if not values:
+        return "n/a"
+    if min(values) == max(values):
+        return f"{values[0]:.3f}"
+    return f"{_mean(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
+
+
+def final_loss_table(summary: dict) -> str:
+    """The final eval loss of the four methods for each base and keep fraction, as a Markdown table."""
+    tokens = summary["tokens"][-1]
+    lines = [
+        "| base (its own loss) | keep | " + " | ".join(METHODS) + " |",
+        "|---|---|" + "---|" * len(METHODS),
+    ]
+    for quality, label in (("high", "longer-pretrained"), ("low", "shorter-pretrained")):
+        for keep, losses in summary["final_loss"][quality].items():
+            cells = " | ".join(_mean_range(losses[method]) for method in METHODS)
+            lines.append(f"| {label} ({summary['base_loss'][quality]:.3f}) | {keep} | {cells} |")
+    caption = (
+        f"Final eval loss after {tokens} training tokens, mean [min, max] over seeds (one number if they agree):"
+    )
+    return caption + "\n\n" + "\n".join(lines)
+
+
+def _better_base_line(gaps: dict, last: str) -> str:
+    """Is PC's margin larger on the longer-pretrained base? Compared per keep fraction and seed, at ``last``
+    tokens; a direction is stated only when every pair agrees."""
+    differences = [
+        high - low
+        for keep, per_tokens in gaps["high"].items()
+        for high, low in zip(per_tokens[last], gaps["low"][keep][last], strict=True)
+    ]
+    means = (
+        f"mean gap {_mean([g for v in gaps['high'].values() for g in v[last]]):+.3f} on the better base vs "
+        f"{_mean([g for v in gaps['low'].values() for g in v[last]]):+.3f}"
+    )
+    verdict = _verdict(differences)
+    if verdict == "better":
+        return (
+            f"- PC's margin is larger on the better base at every keep fraction and seed ({means}), the direction "
+            "the abstract's 'on higher quality models' suggests."
+        )
+    if verdict == "worse":
+        return (
+            f"- PC's margin is smaller on the better base at every keep fraction and seed ({means}), against the "
+            "abstract's 'on higher quality models'."
+        )
+    ahead = sum(d < 0 for d in differences)
+    return (
+        f"- The seeds disagree on whether PC's margin is larger on the better base (it is in {ahead} of "
+        f"{len(differences)} keep-fraction and seed pairs; {means}), so this run does not settle the abstract's "
+        "'on higher quality models'."
+    )
+
+
+def _minilm_line(minilm: dict) -> str:
+    """The MiniLM sentence: which method keeps the embeddings closer, stated per seed."""
+    pc = minilm["cosine"]["projected compression"]
+    pruned = minilm["cosine"]["pruned + retrain"]
+    verdict = _verdict([b - a for a, b in zip(pc, pruned, strict=True)])  # below zero where PC is higher
+    if len(pc) == 1:
+        order = {"better": "PC higher", "worse": "PC lower", "mixed": "a tie"}[verdict] + ", on one seed only"
+    else:
+        order = {
+            "better": "PC higher on every seed",
+            "worse": "PC lower on every seed",
+            "mixed": "the seeds disagree on which is higher",
+        }[verdict]
+    return (
+        f"- **MiniLM** (FFN width {minilm['d_ff']} -> {minilm['target_d_ff']}, {minilm['steps']} steps): "
+        f"cosine to the original embeddings {spread(pc)} for PC vs {spread(pruned)} for prune + retrain "
+        f"({order}); nearest-neighbour agreement {spread(minilm['neighbours']['projected compression'])} "
+        f"vs {spread(minilm['neighbours']['pruned + retrain'])} (no retraining: cosine "
+        f"{_mean(minilm['cosine']['pruned, no retrain']):.3f})."
+    )
+
+
 def findings(summary: dict) -> str:
-    """What this run found, in sentences computed from the summary."""
+    """What this run found, in sentences computed from the summary, closed by the table of final losses."""
     tokens = summary["tokens"]
+    last = str(tokens[-1])
     lines = []
     for quality, label in (("high", "longer-pretrained"), ("low", "shorter-pretrained")):
         per_keep = summary["gap_pc_minus_pruned"][quality]
-        last = str(tokens[-1])
         verdicts = {keep: _verdict(v[last]) for keep, v in per_keep.items()}
         parts = ", ".join(f"keep {keep}: {spread(v[last])} ({verdicts[keep]})" for keep, v in per_keep.items())
         wins = sum(v == "better" for v in verdicts.values())
@@ -776,28 +872,7 @@ def findings(summary: dict) -> str:
                 + ", ".join(f"{t} tokens: {m:+.3f}" for t, m in zip(tokens, means, strict=True))
                 + ")."
             )
-    high = _mean([g for v in summary["gap_pc_minus_pruned"]["high"].values() for g in v[str(tokens[-1])]])
-    low = _mean([g for v in summary["gap_pc_minus_pruned"]["low"].values() for g in v[str(tokens[-1])]])
-    if high < low:
-        lines.append(
-            f"- PC's advantage is larger on the better base ({high:+.3f} vs {low:+.3f}), the direction the "
-            "abstract's 'on higher quality models' suggests."
-        )
-    else:
-        lines.append(
-            f"- PC's advantage is not larger on the better base ({high:+.3f} vs {low:+.3f}); the abstract "
-            "suggests it should be."
-        )
+    lines.append(_better_base_line(summary["gap_pc_minus_pruned"], last))
     if "minilm" in summary:
-        minilm = summary["minilm"]
-        pc = minilm["cosine"]["projected compression"]
-        pruned = minilm["cosine"]["pruned + retrain"]
-        better = "higher" if _mean(pc) > _mean(pruned) else "lower"
-        lines.append(
-            f"- **MiniLM** (FFN width {minilm['d_ff']} -> {minilm['target_d_ff']}, {minilm['steps']} steps): "
-            f"cosine to the original embeddings {spread(pc)} for PC vs {spread(pruned)} for prune + retrain "
-            f"(PC {better}); nearest-neighbour agreement {spread(minilm['neighbours']['projected compression'])} "
-            f"vs {spread(minilm['neighbours']['pruned + retrain'])} (no retraining: cosine "
-            f"{_mean(minilm['cosine']['pruned, no retrain']):.3f})."
-        )
-    return "\n".join(lines)
+        lines.append(_minilm_line(summary["minilm"]))
+    return "\n".join(lines) + "\n\n" + final_loss_table(summary)

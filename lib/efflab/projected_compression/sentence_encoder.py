@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from efflab.cache import cached
-from efflab.parallel import run_all, task_progress
+from efflab.parallel import gpu_share_for, run_all, task_progress
 from efflab.projected_compression.importance import check_indices
 from efflab.projected_compression.projection import selection_matrix
 from efflab.runtime import Run, seed_everything
@@ -288,7 +288,12 @@ def score(top: EncoderTop, split: dict) -> dict:
 
 
 def train_encoder(task: EncoderTask) -> dict:
-    """Distil one compressed top for ``budget.steps`` steps; held-out scores and the merge check."""
+    """Distil one compressed top for ``budget.steps`` steps; held-out scores and the merge check.
+
+    The outcome also says what the run consumed (``steps`` taken, training ``sentences`` drawn) and what it
+    produced (the final top's ``ffn_widths`` and ``parameters``, after the merge for PC), so that the two methods
+    can be checked to have had the same budget and to end at the same size.
+    """
     started = time.process_time()
     seed_everything(task.seed)
     budget = task.budget
@@ -303,7 +308,7 @@ def train_encoder(task: EncoderTask) -> dict:
     generator = torch.Generator().manual_seed(task.seed)
     train = data["train"]
     count = train["states"].shape[0]
-    curve = []
+    curve, drawn = [], 0
     with task_progress(budget.steps, f"MiniLM {task.method}") as bar:
         for _ in range(budget.steps):
             top.train()
@@ -315,8 +320,9 @@ def train_encoder(task: EncoderTask) -> dict:
             nn.utils.clip_grad_norm_(parameters, 1.0)
             optimizer.step()
             curve.append(loss.item())
+            drawn += len(rows)
             bar.update()
-    outcome = {"train_loss": curve, **score(top, data["heldout"])}
+    outcome = {"train_loss": curve, "steps": len(curve), "sentences": drawn, **score(top, data["heldout"])}
     if task.method == "projected compression":
         heldout = data["heldout"]
         before = top(heldout["states"], heldout["mask"])
@@ -326,6 +332,8 @@ def train_encoder(task: EncoderTask) -> dict:
             layer.ffn = merge_ffn(layer.ffn)
         with torch.no_grad():
             outcome["merge_error"] = float((top(heldout["states"], heldout["mask"]) - before).abs().max())
+    outcome["ffn_widths"] = [top.layers[index - budget.layers[0]].ffn.up.out_features for index in budget.layers]
+    outcome["parameters"] = sum(p.numel() for p in top.parameters())
     outcome["cpu_seconds"] = time.process_time() - started
     return outcome
 
@@ -353,6 +361,7 @@ class EncoderResult:
             "cosine": cosine,
             "neighbours": neighbours,
             "merge_error": max(o.get("merge_error", 0.0) for o in self.runs["projected compression"]),
+            "parameter_match": len({o["parameters"] for outs in methods.values() for o in outs}) == 1,
         }
 
 
@@ -362,7 +371,9 @@ def run_encoder_study(run: Run, budget: EncoderBudget) -> EncoderResult:
         data = prepared_data(budget)
     seeds = [run.seed + i for i in range(budget.seeds)]
     tasks = [EncoderTask(m, s, budget, data, run.device.type) for m in METHODS for s in seeds]
-    outcomes = run_all(train_encoder, tasks, description="MiniLM distillation")
+    outcomes = run_all(
+        train_encoder, tasks, description="MiniLM distillation", gpu_share=gpu_share_for(run.device)
+    )
     runs = {m: [o for t, o in zip(tasks, outcomes, strict=True) if t.method == m] for m in METHODS}
     no_retrain = score(compressed_top(data, budget, "pruned, no retrain"), data["heldout"])
     uncompressed = score(_top_model(data, budget), data["heldout"])
