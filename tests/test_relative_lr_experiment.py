@@ -1,17 +1,20 @@
 """The experiment end to end at a toy size, its summary, table and findings, the speed-up, the playground."""
 
 import json
-import os
+from dataclasses import replace
 
 import pandas as pd
 import pytest
 
 import efflab
-from efflab.relative_lr import plots
+from efflab import parallel
+from efflab.relative_lr import experiment, plots
 from efflab.relative_lr.experiment import (
     RelativeLRBudget,
+    build_model,
     findings,
     multiplier_table,
+    non_embedding_parameters,
     paper_rows,
     run_experiment,
 )
@@ -38,18 +41,40 @@ TINY = dict(
 )
 
 
+# The toy study with a transfer to a 32-wide model: about 16x the proxy's non-embedding parameters.
+TRANSFER = dict(
+    TINY,
+    transfer_d_model=32,
+    transfer_n_layer=1,
+    transfer_n_head=2,
+    transfer_steps=16,
+    transfer_lr_grid=(4e-3, 1e-2),
+)
+
+
+def _run_tiny(patch: pytest.MonkeyPatch, budget: RelativeLRBudget):
+    patch.setenv("EFFLAB_EXECUTOR", "inline")
+    return run_experiment(efflab.setup("quick", "cpu", 0, verbose=False), budget)
+
+
 @pytest.fixture(scope="module")
 def result():
-    previous = os.environ.get("EFFLAB_EXECUTOR")
-    os.environ["EFFLAB_EXECUTOR"] = "inline"
-    try:
-        run = efflab.setup("quick", "cpu", 0, verbose=False)
-        yield run_experiment(run, RelativeLRBudget(**TINY))
-    finally:
-        if previous is None:
-            os.environ.pop("EFFLAB_EXECUTOR")
-        else:
-            os.environ["EFFLAB_EXECUTOR"] = previous
+    with pytest.MonkeyPatch.context() as patch:
+        yield _run_tiny(patch, RelativeLRBudget(**TINY))
+
+
+@pytest.fixture(scope="module")
+def transferred():
+    """The study with a transfer, and every task it handed to ``run_all`` (each one a training)."""
+    trained = []
+
+    def recording(function, tasks, **options):
+        trained.extend(tasks)
+        return parallel.run_all(function, tasks, **options)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(experiment, "run_all", recording)
+        yield _run_tiny(patch, RelativeLRBudget(**TRANSFER)), trained
 
 
 def test_steps_to_reach_interpolates_between_evaluations():
@@ -79,9 +104,16 @@ def test_budget_checks_its_fields():
     assert full.transfer_steps > 0 and RelativeLRBudget.quick().transfer_steps == 0
 
 
-def test_the_full_budget_transfers_to_a_model_at_least_ten_times_larger():
-    from efflab.relative_lr.experiment import build_model, non_embedding_parameters
+def test_the_budget_refuses_a_transfer_model_less_than_ten_times_larger():
+    pattern = r"transfer_d_model=24, transfer_n_layer=1, transfer_n_head=2 is not allowed.*expected at least 10x"
+    with pytest.raises(ValueError, match=pattern):
+        RelativeLRBudget(**{**TRANSFER, "transfer_d_model": 24})  # 8.8x the proxy
+    assert RelativeLRBudget(**TRANSFER).transfer_d_model == 32
+    off = RelativeLRBudget(**{**TRANSFER, "transfer_d_model": 8, "transfer_steps": 0})  # not checked while off
+    assert off.transfer_steps == 0
 
+
+def test_the_full_budget_transfers_to_a_model_at_least_ten_times_larger():
     budget = RelativeLRBudget.full()
     import torch
 
@@ -139,6 +171,65 @@ def test_figures_build(result):
     ):
         assert len(figure.data) > 0
     assert plots.transfer_bars(summary) is None
+
+
+def test_the_transfer_reuses_both_presets_on_a_model_ten_times_larger(transferred):
+    result, _ = transferred
+    summary = result.summary()
+    json.dumps(summary)
+    transfer = summary["transfer"]
+    assert transfer["steps"] == TRANSFER["transfer_steps"]
+    for arch in ("dense", "moe"):
+        small = build_model(arch, 8, 1, 2, TINY["n_experts"], TINY["block_size"])
+        big = build_model(arch, 32, 1, 2, TINY["n_experts"], TINY["block_size"])
+        values = transfer["architectures"][arch]
+        ratio = non_embedding_parameters(big) / non_embedding_parameters(small)
+        assert values["size_ratio"] == pytest.approx(ratio) and ratio >= 10
+        assert values["base_lr"] in TRANSFER["transfer_lr_grid"]
+        for preset in ("paper", "found"):
+            assert len(values["speedup"][preset]) == TINY["seeds"]
+        assert values["final_loss"]["uniform"][0] == values["lr_sweep"][f"{values['base_lr']:g}"]
+        outcome = result.transfer[(arch, "found", result.seeds[-1])]
+        assert outcome["eval_steps"][-1] == TRANSFER["transfer_steps"] and outcome["updates"] is None
+
+
+def test_transfer_findings_rows_and_figure_come_from_the_summary(transferred):
+    summary = transferred[0].summary()
+    text = findings(summary)
+    table = paper_rows(summary, None)
+    for label in ("dense", "MoE"):
+        for preset in ("paper's preset", "found preset"):
+            assert f"Transfer ({label}, {preset})" in text
+            assert table.loc[f"speed-up on a larger model, {label}, {preset}", "this run"].endswith("x")
+    assert "full mode only" not in text
+    assert len(plots.transfer_bars(summary).data) == 4
+
+
+def test_quick_results_say_there_is_no_transfer(result):
+    summary = result.summary()
+    assert summary["transfer"] is None and RelativeLRBudget.quick().transfer_steps == 0
+    assert "runs in full mode only" in findings(summary)
+    assert paper_rows(summary, None).loc["speed-up on a larger model, MoE, found preset", "this run"] == "n/a"
+
+
+def test_no_configuration_is_trained_twice(transferred):
+    result, trained = transferred
+    trainings = [replace(task, track_every=0) for task in trained]  # measuring update sizes is no other training
+    assert len(trainings) == len(set(trainings))
+    shapes = (
+        (TINY["d_model"], TINY["steps"], TINY["lr_grid"]),
+        (TRANSFER["transfer_d_model"], TRANSFER["transfer_steps"], TRANSFER["transfer_lr_grid"]),
+    )
+    for arch in ("dense", "moe"):
+        for d_model, steps, grid in shapes:
+            uniform = [
+                task
+                for task in trained
+                if (task.architecture, task.d_model, task.schedule.steps) == (arch, d_model, steps)
+                and not task.schedule.multipliers
+            ]
+            # The sweep on the first seed, then the other seeds: the first seed's run is the sweep's.
+            assert len(uniform) == len(grid) + TINY["seeds"] - 1
 
 
 def test_playground_presets_sliders_and_button(result):

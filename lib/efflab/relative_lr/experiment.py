@@ -13,10 +13,11 @@ For each architecture (a dense TinyLM and the same model with a 4-expert MoE in 
 4. **Ablation** (architectures in ``ablation``, the first ``ablation_seeds`` seeds): the paper's preset with
    one group at a time back at 1, 1, each compared with the full preset on the same seeds.
 5. **Transfer** (full mode): the same three schedules on a model with at least 10x the proxy's non-embedding
-   parameters, its own uniform η swept again, the relative multipliers reused unchanged.
+   parameters (the budget refuses a smaller one), its own uniform η swept again, the relative multipliers
+   reused unchanged. Update sizes are not measured there.
 
-Every training run is a :class:`TrainTask` through :func:`efflab.parallel.run_all`; identical tasks (the sweep's
-run at the chosen η is the first seed's uniform run) are trained once.
+Every training run is a :class:`TrainTask` through :func:`efflab.parallel.run_all`; identical tasks are trained
+once: at either size, the sweep's run at the chosen η is the first seed's uniform run.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from efflab.data.text import load_corpus
 from efflab.experiment import Budget, paper_table, seeds_for, spread
 from efflab.models.gpt import GPTConfig, TinyLM
 from efflab.models.moe import moe_ffn
-from efflab.parallel import run_all
+from efflab.parallel import gpu_share_for, run_all
 from efflab.relative_lr.groups import GROUPS, OTHER, group_sizes, partition
 from efflab.relative_lr.measures import UpdateTracker, speedup_percent
 from efflab.relative_lr.schedule import RelativeSchedule, check_multiplier, paper_preset, relative_schedule
@@ -48,6 +49,8 @@ EVAL_SEED = 12345  # the validation windows every run is scored on
 TUNING_SEED_OFFSET = 1000  # the search's seed: run.seed + this, never a comparison seed
 PAPER_SPEEDUP = 23.0  # percent, "up to", abstract of arXiv 2507.03526
 PAPER_TRANSFER = 27.0  # times larger, abstract
+TRANSFER_MIN_RATIO = 10  # the transfer model has at least this many times the proxy's non-embedding parameters
+SHAPES = ("proxy", "transfer")
 
 
 @dataclass(frozen=True)
@@ -118,15 +121,29 @@ class RelativeLRBudget(Budget):
                 )
             check_int("transfer_steps", self.transfer_steps, low=self.warmup_steps + 1)
             _check_grid("transfer_lr_grid", self.transfer_lr_grid)
+            self._check_transfer_size()
+
+    def _check_transfer_size(self) -> None:
+        """The paper's claim is about reuse on *larger* models: the transfer model must have at least
+        ``TRANSFER_MIN_RATIO`` times the proxy's non-embedding parameters, dense and MoE alike."""
+        for arch in ARCHITECTURES:
+            small, big = (non_embedding_parameters(shape_model(self, arch, shape)) for shape in SHAPES)
+            if big < TRANSFER_MIN_RATIO * small:
+                raise ValueError(
+                    f"transfer_d_model={self.transfer_d_model}, transfer_n_layer={self.transfer_n_layer}, "
+                    f"transfer_n_head={self.transfer_n_head} is not allowed with d_model={self.d_model}, "
+                    f"n_layer={self.n_layer}: the {arch} transfer model has {big:,} non-embedding parameters, "
+                    f"{big / small:.1f}x the proxy's {small:,}; expected at least {TRANSFER_MIN_RATIO}x"
+                )
 
     @classmethod
     def quick(cls) -> RelativeLRBudget:
-        """Two CPU cores. A step's cost grows with the context, so the quick models read 32 bytes at a time, not
-        64 (44 % less per step); two validation batches per evaluation and an update measure every 12 steps
-        (each had cost about 15 % of a run); each search tries six of the schedule's knobs (25 trials), where a
-        whole pass has eight (dense) or ten (MoE); runs are 80 steps and search trials 32; the ablation runs on
-        two of the three seeds. Full mode keeps the longer context and runs, more evaluation, every pass and
-        every seed."""
+        """Two CPU cores, and no transfer study (it needs a model ten times larger). A step's cost grows with
+        the context, so the quick models read 32 bytes at a time, not 64 (44 % less per step); two validation
+        batches per evaluation and an update measure every 12 steps (each had cost about 15 % of a run); each
+        search tries six of the schedule's knobs (25 trials), where a whole pass has eight (dense) or ten (MoE);
+        runs are 80 steps and search trials 32; the ablation runs on two of the three seeds. Full mode keeps the
+        longer context and runs, more evaluation, every pass and every seed."""
         return cls(
             block_size=32,
             steps=80,
@@ -164,6 +181,13 @@ class RelativeLRBudget(Budget):
             transfer_lr_grid=(5e-4, 1e-3, 2e-3, 4e-3),
             corpus_bytes=8_000_000,
         )
+
+    def dimensions(self, shape: str = "proxy") -> tuple[int, int, int]:
+        """(d_model, n_layer, n_head) of the comparison's model (``"proxy"``) or of the transfer model."""
+        check_choice("shape", shape, SHAPES)
+        if shape == "transfer":
+            return self.transfer_d_model, self.transfer_n_layer, self.transfer_n_head
+        return self.d_model, self.n_layer, self.n_head
 
     @property
     def search_warmup(self) -> int:
@@ -240,6 +264,12 @@ def build_model(architecture: str, d_model: int, n_layer: int, n_head: int, n_ex
     ffn = moe_ffn(expansion=n_experts, granularity=1) if architecture == "moe" else None
     config = GPTConfig(block_size=block_size, n_layer=n_layer, n_head=n_head, d_model=d_model)
     return TinyLM(config, ffn)
+
+
+def shape_model(budget: RelativeLRBudget, architecture: str, shape: str = "proxy") -> TinyLM:
+    """A budget's model of one shape on the meta device: the right parameter shapes, no memory, no training."""
+    with torch.device("meta"):
+        return build_model(architecture, *budget.dimensions(shape), budget.n_experts, budget.block_size)
 
 
 def non_embedding_parameters(model: TinyLM) -> int:
@@ -450,13 +480,18 @@ def _task(
     shape: str = "proxy",
     curve: bool = True,
 ) -> TrainTask:
-    """One run of the study; ``curve=False`` (search trials) evaluates only after the last step."""
-    big = shape == "transfer"
+    """One run of the study; ``curve=False`` (search trials) evaluates only after the last step.
+
+    Update sizes are measured on the comparison's model only: ``track`` is ignored on the transfer model.
+    Measuring leaves the training as it is but is part of the task, so the rule must hold for every run of a
+    shape alike; then the sweep's run at the chosen η and the first seed's uniform run are one task.
+    """
+    d_model, n_layer, n_head = budget.dimensions(shape)
     return TrainTask(
         architecture=architecture,
-        d_model=budget.transfer_d_model if big else budget.d_model,
-        n_layer=budget.transfer_n_layer if big else budget.n_layer,
-        n_head=budget.transfer_n_head if big else budget.n_head,
+        d_model=d_model,
+        n_layer=n_layer,
+        n_head=n_head,
         block_size=budget.block_size,
         n_experts=budget.n_experts,
         batch_size=budget.batch_size,
@@ -464,7 +499,7 @@ def _task(
         seed=seed,
         eval_every=budget.eval_every if curve and schedule.steps > budget.eval_every else 0,
         eval_batches=budget.eval_batches,
-        track_every=budget.track_every if track else 0,
+        track_every=budget.track_every if track and shape == "proxy" else 0,
         weight_decay=budget.weight_decay,
         corpus_bytes=budget.corpus_bytes,
         device=device,
@@ -479,12 +514,23 @@ class _Runner:
 
     def __call__(self, tasks: list[TrainTask], description: str) -> list[dict]:
         new = list(dict.fromkeys(t for t in tasks if t not in self.done))
-        for task, outcome in zip(new, run_all(train_task, new, description=description), strict=True):
+        share = gpu_share_for(new[0].device) if new else None
+        for task, outcome in zip(
+            new, run_all(train_task, new, description=description, gpu_share=share), strict=True
+        ):
             self.done[task] = outcome
         return [self.done[t] for t in tasks]
 
 
-def _sweep(runner, budget, device, grid, seed, steps, warmup, shape) -> tuple[dict, dict]:
+def _sweep(runner, budget: RelativeLRBudget, device: str, shape: str, seed: int) -> tuple[dict, dict]:
+    """The uniform schedule's η sweep at one shape on ``seed``: final losses and the best η per architecture.
+
+    Its run at the chosen η is the same task as that seed's uniform comparison run, so it is trained once.
+    """
+    if shape == "proxy":
+        grid, steps, warmup = budget.lr_grid, budget.steps, budget.warmup_steps
+    else:
+        grid, steps, warmup = budget.transfer_lr_grid, budget.transfer_steps, budget.transfer_warmup
     tasks = {
         (arch, lr): _task(
             budget,
@@ -503,6 +549,18 @@ def _sweep(runner, budget, device, grid, seed, steps, warmup, shape) -> tuple[di
         losses[arch][lr] = final_loss(outcome)
     best = {arch: min(losses[arch], key=losses[arch].get) for arch in ARCHITECTURES}
     return losses, best
+
+
+def _model_sizes(budget: RelativeLRBudget) -> tuple[dict, dict]:
+    """Group sizes of the comparison's models, and non-embedding counts per shape and architecture."""
+    sizes, non_embedding = {}, {shape: {} for shape in SHAPES}
+    for arch in ARCHITECTURES:
+        model = shape_model(budget, arch)
+        sizes[arch] = group_sizes(model)
+        non_embedding["proxy"][arch] = non_embedding_parameters(model)
+        if budget.transfer_steps:
+            non_embedding["transfer"][arch] = non_embedding_parameters(shape_model(budget, arch, "transfer"))
+    return sizes, non_embedding
 
 
 def run_search(runner, budget: RelativeLRBudget, base_lr: dict, groups: dict, seed: int, device: str) -> dict:
@@ -540,6 +598,83 @@ def run_search(runner, budget: RelativeLRBudget, base_lr: dict, groups: dict, se
                 searches[arch].tell([final_loss(next(outcomes)) for _ in points])
 
 
+def _schedules(budget: RelativeLRBudget, base_lr: dict, searches: dict) -> dict:
+    """(architecture, preset) -> the comparison's schedule: uniform at the tuned η, the paper's multipliers on it,
+    and the search's incumbent moved from the proxy's length to the comparison's."""
+    schedules = {}
+    for arch in ARCHITECTURES:
+        uniform = relative_schedule(
+            base_lr[arch], budget.steps, warmup_steps=budget.warmup_steps, final_fraction=final_fraction(arch)
+        )
+        schedules[(arch, "uniform")] = uniform
+        schedules[(arch, "paper")] = uniform.with_multipliers(paper_preset(arch).multipliers)
+        found = schedule_at(
+            relative_schedule(
+                base_lr[arch],
+                budget.search_steps,
+                warmup_steps=budget.search_warmup,
+                final_fraction=final_fraction(arch),
+            ),
+            searches[arch].incumbent,
+        )
+        schedules[(arch, "found")] = replace(
+            uniform,
+            multipliers=found.multipliers,
+            final_fraction=found.final_fraction,
+            base_lr=found.base_lr,
+        )
+    return schedules
+
+
+def run_comparison(runner, budget: RelativeLRBudget, schedules: dict, seeds, device: str) -> tuple[dict, dict]:
+    """The three schedules on every seed and the ablation, in one ``run_all``: (runs, ablation)."""
+    keys, tasks = [], []
+    for arch in ARCHITECTURES:
+        for preset in PRESETS:
+            for seed in seeds:
+                keys.append(("run", arch, preset, seed))
+                tasks.append(_task(budget, arch, schedules[(arch, preset)], seed, device))
+        if arch in budget.ablation:
+            paper = schedules[(arch, "paper")]
+            for group, (start, end) in paper.as_dict().items():
+                if (start, end) == (1.0, 1.0):
+                    continue  # already uniform: resetting it changes nothing
+                for seed in seeds[: budget.ablation_seeds]:
+                    keys.append(("ablation", arch, group, seed))
+                    tasks.append(_task(budget, arch, paper.reset(group), seed, device, track=False))
+    outcomes = runner(tasks, "comparison and ablation")
+    runs, ablation = {}, {}
+    for key, outcome in zip(keys, outcomes, strict=True):
+        (runs if key[0] == "run" else ablation)[key[1:]] = outcome
+    return runs, ablation
+
+
+def run_transfer(runner, budget: RelativeLRBudget, schedules: dict, base_lr: dict, seeds, device: str):
+    """The transfer study: η swept again on the larger model, then the three schedules there with the
+    multipliers reused unchanged (a searched η keeps its ratio to the tuned one). Returns (runs, η, sweep)."""
+    sweep, transfer_lr = _sweep(runner, budget, device, "transfer", seeds[0])
+    keys, tasks = [], []
+    for arch in ARCHITECTURES:
+        uniform = relative_schedule(
+            transfer_lr[arch],
+            budget.transfer_steps,
+            warmup_steps=budget.transfer_warmup,
+            final_fraction=final_fraction(arch),
+        )
+        for preset in PRESETS:
+            tuned = schedules[(arch, preset)]
+            schedule = replace(
+                uniform,
+                multipliers=tuned.multipliers,
+                final_fraction=tuned.final_fraction,
+                base_lr=uniform.base_lr * (tuned.base_lr / base_lr[arch]),
+            )
+            for seed in seeds:
+                keys.append((arch, preset, seed))
+                tasks.append(_task(budget, arch, schedule, seed, device, shape="transfer"))
+    return dict(zip(keys, runner(tasks, "transfer"), strict=True)), transfer_lr, sweep
+
+
 def run_experiment(run: Run, budget: RelativeLRBudget) -> Result:
     """The whole study (see the module docstring)."""
     if not isinstance(run, Run):
@@ -552,105 +687,17 @@ def run_experiment(run: Run, budget: RelativeLRBudget) -> Result:
     runner = _Runner()
     load_corpus(budget.corpus_bytes)  # build the cache once, before the workers read it
     with Timer() as timer:
-        sweep, base_lr = _sweep(
-            runner, budget, device, budget.lr_grid, seeds[0], budget.steps, budget.warmup_steps, "proxy"
-        )
-        sizes, non_embedding = {}, {"proxy": {}, "transfer": {}}
-        with torch.device("meta"):
-            for arch in ARCHITECTURES:
-                model = build_model(
-                    arch, budget.d_model, budget.n_layer, budget.n_head, budget.n_experts, budget.block_size
-                )
-                sizes[arch] = group_sizes(model)
-                non_embedding["proxy"][arch] = non_embedding_parameters(model)
-                if budget.transfer_steps:
-                    big = build_model(
-                        arch,
-                        budget.transfer_d_model,
-                        budget.transfer_n_layer,
-                        budget.transfer_n_head,
-                        budget.n_experts,
-                        budget.block_size,
-                    )
-                    non_embedding["transfer"][arch] = non_embedding_parameters(big)
+        sweep, base_lr = _sweep(runner, budget, device, "proxy", seeds[0])
+        sizes, non_embedding = _model_sizes(budget)
         groups = {arch: tuple(g for g in GROUPS if sizes[arch].get(g, 0) > 0) for arch in ARCHITECTURES}
         searches = run_search(runner, budget, base_lr, groups, tuning_seed, device)
-
-        schedules = {}
-        for arch in ARCHITECTURES:
-            uniform = relative_schedule(
-                base_lr[arch], budget.steps, warmup_steps=budget.warmup_steps, final_fraction=final_fraction(arch)
-            )
-            schedules[(arch, "uniform")] = uniform
-            schedules[(arch, "paper")] = uniform.with_multipliers(paper_preset(arch).multipliers)
-            found = schedule_at(
-                relative_schedule(
-                    base_lr[arch],
-                    budget.search_steps,
-                    warmup_steps=budget.search_warmup,
-                    final_fraction=final_fraction(arch),
-                ),
-                searches[arch].incumbent,
-            )
-            schedules[(arch, "found")] = replace(
-                uniform,
-                multipliers=found.multipliers,
-                final_fraction=found.final_fraction,
-                base_lr=found.base_lr,
-            )
-
-        keys, tasks = [], []
-        for arch in ARCHITECTURES:
-            for preset in PRESETS:
-                for seed in seeds:
-                    keys.append(("run", arch, preset, seed))
-                    tasks.append(_task(budget, arch, schedules[(arch, preset)], seed, device))
-            if arch in budget.ablation:
-                paper = schedules[(arch, "paper")]
-                for group, (start, end) in paper.as_dict().items():
-                    if (start, end) == (1.0, 1.0):
-                        continue  # already uniform: resetting it changes nothing
-                    for seed in seeds[: budget.ablation_seeds]:
-                        keys.append(("ablation", arch, group, seed))
-                        tasks.append(_task(budget, arch, paper.reset(group), seed, device, track=False))
-        outcomes = runner(tasks, "comparison and ablation")
-        runs, ablation = {}, {}
-        for key, outcome in zip(keys, outcomes, strict=True):
-            (runs if key[0] == "run" else ablation)[key[1:]] = outcome
-
+        schedules = _schedules(budget, base_lr, searches)
+        runs, ablation = run_comparison(runner, budget, schedules, seeds, device)
         transfer, transfer_base_lr, transfer_sweep = {}, {}, {}
         if budget.transfer_steps:
-            transfer_sweep, transfer_base_lr = _sweep(
-                runner,
-                budget,
-                device,
-                budget.transfer_lr_grid,
-                seeds[0],
-                budget.transfer_steps,
-                budget.transfer_warmup,
-                "transfer",
+            transfer, transfer_base_lr, transfer_sweep = run_transfer(
+                runner, budget, schedules, base_lr, seeds, device
             )
-            keys, tasks = [], []
-            for arch in ARCHITECTURES:
-                uniform = relative_schedule(
-                    transfer_base_lr[arch],
-                    budget.transfer_steps,
-                    warmup_steps=budget.transfer_warmup,
-                    final_fraction=final_fraction(arch),
-                )
-                for preset in PRESETS:
-                    found = schedules[(arch, preset)]
-                    scaled = found.base_lr / base_lr[arch]  # a searched η moves relative to the tuned one
-                    schedule = replace(
-                        uniform,
-                        multipliers=found.multipliers,
-                        final_fraction=found.final_fraction,
-                        base_lr=uniform.base_lr * scaled,
-                    )
-                    for seed in seeds:
-                        keys.append((arch, preset, seed))
-                        tasks.append(_task(budget, arch, schedule, seed, device, track=False, shape="transfer"))
-            transfer = dict(zip(keys, runner(tasks, "transfer"), strict=True))
     return Result(
         budget=budget,
         seeds=seeds,
@@ -697,6 +744,7 @@ def live_run(result: Result, architecture: str, multipliers: dict, base_lr: floa
 # ---------------------------------------------------------------------------------------------- paper vs run
 
 LABELS = {"dense": "dense", "moe": "MoE"}
+PRESET_NAMES = {"paper": "paper's preset", "found": "found preset"}
 
 
 def multiplier_table(summary: dict) -> pd.DataFrame:
@@ -724,6 +772,15 @@ def multiplier_table(summary: dict) -> pd.DataFrame:
 
 def _speedup_text(values) -> str | None:
     return None if not values else f"{spread(values)} %"
+
+
+def _transfer_text(summary: dict, architecture: str, preset: str) -> str | None:
+    """A preset's speed-up on the larger model and that model's size ratio; None without a transfer study."""
+    transfer = summary.get("transfer")
+    if not transfer:
+        return None
+    values = transfer["architectures"][architecture]
+    return f"{_speedup_text(values['speedup'][preset])} at {values['size_ratio']:.0f}x"
 
 
 def _found_text(values: dict, group: str) -> str:
@@ -785,24 +842,17 @@ def paper_rows(summary: dict, committed: dict | None = None) -> pd.DataFrame:
                     "note": "authors' configs (code, not the paper's text)",
                 }
             )
-    transfer = summary.get("transfer")
-    rows.append(
-        {
-            "quantity": "found preset reused on a larger model: speed-up (MoE)",
-            "paper": "multipliers transfer to models up to 27x larger (abstract)",
-            "this_run": None
-            if not transfer
-            else f"{_speedup_text(transfer['architectures']['moe']['speedup']['found'])} at "
-            f"{transfer['architectures']['moe']['size_ratio']:.0f}x",
-            "full_run": full(
-                lambda c: (
-                    f"{_speedup_text(c['transfer']['architectures']['moe']['speedup']['found'])} at "
-                    f"{c['transfer']['architectures']['moe']['size_ratio']:.0f}x"
-                )
-            ),
-            "note": "full mode only; size in non-embedding parameters",
-        }
-    )
+    for arch in ARCHITECTURES:
+        for preset in ("paper", "found"):
+            rows.append(
+                {
+                    "quantity": f"speed-up on a larger model, {LABELS[arch]}, {PRESET_NAMES[preset]}",
+                    "paper": "multipliers carry over to models up to 27x larger (abstract)",
+                    "this_run": _transfer_text(summary, arch, preset),
+                    "full_run": full(lambda c, a=arch, p=preset: _transfer_text(c, a, p)),
+                    "note": "full mode only; size in non-embedding parameters, η swept again there",
+                }
+            )
     return paper_table(rows, full_run_on=committed_device_name(committed))
 
 
@@ -899,17 +949,23 @@ def findings(summary: dict) -> str:
                 f"||ΔW||/||W|| is {sizes[largest] / sizes[smallest]:.1f}x the {smallest}'s: one learning rate "
                 "moves the components at different paces, the observation the paper starts from."
             )
-    transfer = summary.get("transfer")
-    if transfer:
-        for arch, values in transfer["architectures"].items():
-            speedups = values["speedup"]["found"]
+    lines.extend(_transfer_findings(summary.get("transfer")))
+    return "\n".join(lines)
+
+
+def _transfer_findings(transfer: dict | None) -> list[str]:
+    """One sentence per architecture and preset on the larger model, or a note that there was no transfer."""
+    if not transfer:
+        return ["- The transfer to a larger model runs in full mode only; this run has none."]
+    lines = []
+    for arch, values in transfer["architectures"].items():
+        for preset in ("paper", "found"):
+            speedups = values["speedup"][preset]
             verdict, agreement = _verdict(speedups)
             lines.append(
-                f"- **Transfer ({LABELS[arch]}):** the preset found on the proxy, reused on a model "
-                f"{values['size_ratio']:.0f}x larger in non-embedding parameters, gives {spread(speedups)} % "
-                f"({verdict}; {'in line with' if agreement == 'agrees' else 'short of'} the paper's transfer "
-                "claim)."
+                f"- **Transfer ({LABELS[arch]}, {PRESET_NAMES[preset]}):** reused unchanged on a model "
+                f"{values['size_ratio']:.0f}x larger in non-embedding parameters (η = {values['base_lr']:g}, "
+                f"swept again), it gives {spread(speedups)} % over uniform ({verdict}; "
+                f"{'in line with' if agreement == 'agrees' else 'short of'} the paper's transfer claim)."
             )
-    else:
-        lines.append("- The transfer to a larger model runs in full mode only.")
-    return "\n".join(lines)
+    return lines
