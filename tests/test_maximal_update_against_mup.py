@@ -1,13 +1,12 @@
 """Our muP on the dense part of the course LM against microsoft's ``mup`` package (1.0.0): the same per-parameter
 LR scale (MuAdam), the same init (mup.init.normal_) and the same readout multiplier (MuReadout)."""
 
+import mup
 import pytest
 import torch
 
 from efflab.maximal_update.model import ModelFamily
 from efflab.maximal_update.parameterization import Multipliers, logical_name, parameterize, sp_init_std
-
-mup = pytest.importorskip("mup")
 
 FAMILY = ModelFamily(base_width=32, n_layer=2, block_size=16, ffn="dense")
 WIDTH, ETA = 128, 1e-3

@@ -67,6 +67,29 @@ def test_records_one_value_per_forward_pass_and_pads_a_blow_up():
     assert all(math.isfinite(v) and v > 0 for v in records["router logits 1"])
 
 
+def test_two_layers_record_every_block_separately():
+    """The full budget's depth: every block's attention, router logits and MoE output get their own record, and
+    the slopes come out for every one of them (their values are not asserted: two widths, two steps)."""
+    family = FAMILY.with_changes(n_layer=2)
+    names = activation_names(family)
+    assert {"router logits 2", "MoE out 2", "attention 2"} <= set(names) and len(names) == 8
+    tasks = [
+        CoordinateCheckTask(family, width, parameterization, 0, steps=2, batch_size=2, block_size=8)
+        for width in (32, 64)
+        for parameterization in ("sp", "mup")
+    ]
+    results = [run_coordinate_check(task) for task in tasks]
+    for records in results:
+        assert set(records) == {*names, "loss"}
+        for values in records.values():
+            assert len(values) == 2 and all(math.isfinite(v) and v > 0 for v in values)
+        assert records["router logits 1"] != records["router logits 2"]
+        assert records["MoE out 1"] != records["MoE out 2"]
+    slopes = coordinate_slopes(records_table(tasks, results), 2)
+    assert len(slopes) == 2 * len(names)
+    assert set(slopes["activation"]) == set(names) and slopes["slope"].map(math.isfinite).all()
+
+
 def test_slope_of_a_power_law_and_of_a_blow_up():
     widths = [32, 64, 128]
     assert log_log_slope(widths, [w**0.5 for w in widths]) == pytest.approx(0.5)

@@ -12,6 +12,7 @@ from efflab.maximal_update.parameterization import (
     logical_name,
     parameter_kind,
     parameterize,
+    rule_table,
     width_multiplier,
 )
 from efflab.models.gpt import INIT_STD
@@ -131,6 +132,18 @@ def test_kinds_and_names():
     assert parameter_kind("blocks.0.norm1.weight", (32,)) == "vector"
     with pytest.raises(ValueError, match="no kind"):
         parameter_kind("mystery.weight", (3, 3))
+    for bad in (3, None, ("head", "weight")):
+        with pytest.raises(ValueError, match="name=.* expected a parameter name"):
+            parameter_kind(bad, (3, 3))
+
+
+def test_the_rule_table_marks_the_mup_router_row_as_inferred():
+    for parameterization in ("sp", "simple", "mup"):
+        table = parameterize(MOE, 64, parameterization).rule_table().set_index("kind")
+        inferred = table["note"].str.contains("inferred")
+        assert list(inferred[inferred].index) == (["router"] if parameterization == "mup" else [])
+    with pytest.raises(ValueError, match="parameterization"):
+        rule_table(parameterize(MOE, 64, "mup").rules, "ntk")
 
 
 def test_bad_arguments_raise_value_errors():

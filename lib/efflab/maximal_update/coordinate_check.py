@@ -8,12 +8,17 @@ at every forward pass t = 1..T (t = 1 is the initial model, before any update),
     l1(x) = mean |x_i|   over every coordinate of an activation tensor x,
 
 for the embedding output, each block's attention output, each MoE layer's router logits (before the softmax) and
-output, and the final logits. Plotted against width on log-log axes, one panel per step:
+output, and the final logits. Plotted against width on log-log axes, one panel per step, μP theory predicts:
 
 * SP: the hidden activations and logits grow after the first update (slope up to 1: ``ΔW x ~ η d``);
-* simpleP: the hidden activations are flat, but the router logits grow, since the router is left at SP;
+* simpleP: the router logits grow, since the router is left at SP; the attention outputs and the experts'
+  matrices are scaled as under muP, but the MoE output weighs the experts by the router's softmax, so it can
+  follow the router's growth;
 * muP: everything flat. The logits and router logits may *shrink* at t = 1 (a 1/m_d multiplier on a
   random-init readout gives ``√d / d``), which passes once the updates dominate.
+
+A given run at a few widths and steps may show some of this and not the rest; the tests and the notebook's
+findings say what was measured.
 
 The number we test is the slope of ``log l1`` against ``log width``, fitted over the widths at one step, with
 ``l1`` averaged over seeds first (:func:`coordinate_slopes`).

@@ -40,9 +40,9 @@ from efflab.maximal_update.parameterization import (
     checked_multipliers,
 )
 from efflab.maximal_update.transfer import SweepTask, optima, optimum_shift, sweep_table, train_for_sweep
-from efflab.parallel import run_all
+from efflab.parallel import gpu_share_for, run_all
 from efflab.runtime import Run, Timer
-from efflab.validation import check_int, check_positive, check_range
+from efflab.validation import check_choice, check_int, check_positive, check_range
 
 NAME = "07_mup_for_moe"
 FLAT = 0.2  # |slope| below this counts as flat (the threshold of the research notes' tests)
@@ -293,10 +293,11 @@ def sweep_tasks(budget: MupBudget, seeds: tuple[int, ...], moe_seeds: tuple[int,
     return {"width": width, "expansion": expansion, "granularity": granularity}
 
 
-def _run_unique(function, tasks: list, description: str) -> list:
+def _run_unique(function, tasks: list, description: str, device: str) -> list:
     """``run_all`` over the distinct tasks only (the sweeps share some points), results for every task."""
     unique = list(dict.fromkeys(tasks))
-    results = dict(zip(unique, run_all(function, unique, description=description), strict=True))
+    outcomes = run_all(function, unique, description=description, gpu_share=gpu_share_for(device))
+    results = dict(zip(unique, outcomes, strict=True))
     return [results[task] for task in tasks]
 
 
@@ -327,14 +328,21 @@ class Result:
             raise ValueError(f"which={which!r} is not allowed; expected one of {tuple(tables)}")
         return tables[which]
 
+    def has_fresh_check(self, parameterization: str, multipliers: Multipliers | None = None) -> bool:
+        """Whether the playground's button has run a coordinate check of ``parameterization`` at
+        ``multipliers`` (None: all α = 1)."""
+        check_parameterization(parameterization)
+        return live_key(parameterization, checked_multipliers(multipliers)) in self.live
+
     def coordinate_table(self, parameterization: str, multipliers: Multipliers | None = None):
-        """The coordinate-check table of one parameterization at some multipliers, or None if not run."""
+        """The coordinate-check table of one parameterization at some multipliers: the latest fresh check if
+        the button ran one, else the precomputed check at all α = 1, else None."""
         check_parameterization(parameterization)
         multipliers = checked_multipliers(multipliers)
-        if multipliers == Multipliers():
-            return self.coordinates[self.coordinates["parameterization"] == parameterization]
-        key = (parameterization, multipliers.alpha_in, multipliers.alpha_out, multipliers.alpha_router)
-        return self.live.get(key)
+        fresh = self.live.get(live_key(parameterization, multipliers))
+        if fresh is not None or multipliers != Multipliers():
+            return fresh
+        return self.coordinates[self.coordinates["parameterization"] == parameterization]
 
     def summary(self) -> dict:
         budget = self.budget
@@ -352,6 +360,11 @@ class Result:
             "seeds": list(self.seeds),
             "seconds": round(self.seconds, 1),
         }
+
+
+def live_key(parameterization: str, multipliers: Multipliers) -> tuple:
+    """Where a fresh coordinate check is kept in ``Result.live``."""
+    return (parameterization, multipliers.alpha_in, multipliers.alpha_out, multipliers.alpha_router)
 
 
 def _coordinate_summary(slopes: pd.DataFrame) -> dict:
@@ -420,8 +433,10 @@ def run_experiment(run: Run, budget: MupBudget) -> Result:
         coord = coordinate_tasks(budget, seeds[: budget.coord_seeds], device)
         sweeps = sweep_tasks(budget, seeds[: budget.sweep_seeds], seeds[: budget.moe_sweep_seeds], device)
         everything = [*sweeps["width"], *sweeps["expansion"], *sweeps["granularity"]]
-        coord_results = run_all(run_coordinate_check, coord, description="coordinate check")
-        sweep_results = _run_unique(train_for_sweep, everything, "LR sweeps")
+        coord_results = run_all(
+            run_coordinate_check, coord, description="coordinate check", gpu_share=gpu_share_for(device)
+        )
+        sweep_results = _run_unique(train_for_sweep, everything, "LR sweeps", device)
         parts, start = {}, 0
         for which in ("width", "expansion", "granularity"):
             count = len(sweeps[which])
@@ -458,9 +473,11 @@ def live_coordinate_check(
     )
     if report is not None:
         report(0.05, f"coordinate check of {LABELS[parameterization]} at {multipliers.label()}: {len(tasks)} runs")
-    table = records_table(tasks, run_all(run_coordinate_check, tasks, description="coordinate check"))
-    key = (parameterization, multipliers.alpha_in, multipliers.alpha_out, multipliers.alpha_router)
-    result.live[key] = table
+    share = gpu_share_for(result.device)
+    table = records_table(
+        tasks, run_all(run_coordinate_check, tasks, description="coordinate check", gpu_share=share)
+    )
+    result.live[live_key(parameterization, multipliers)] = table
     return table
 
 
@@ -562,6 +579,82 @@ def paper_rows(summary: dict, committed: dict | None = None) -> pd.DataFrame:
     return paper_table(rows, full_run_on="GPU")
 
 
+PAPER_CLAIMS = {"width": "stays", "expansion": "stays", "granularity": "moves"}  # μP's best LR, by the paper
+
+
+def grid_move(steps: int | None) -> str | None:
+    """How far a best LR moved across a sweep's curves (its range in grid steps), in one word: ``"stayed"``
+    (0), ``"one step"`` (1: noise alone moves an argmin that far on a grid this coarse, so it cannot be told
+    apart from noise) or ``"moved"`` (2 or more); None when some curve diverged at every LR."""
+    if steps is None:
+        return None
+    check_int("steps", steps, low=0)
+    return {0: "stayed", 1: "one step"}.get(steps, "moved")
+
+
+def transfer_verdict(steps: int | None, claim: str) -> str:
+    """The end of a sentence about a best LR: how far it moved (:func:`grid_move`), and whether that agrees
+    with the paper's claim that it ``"stays"`` or ``"moves"``. The one rule for every sweep."""
+    check_choice("claim", claim, ("stays", "moves"))
+    move = grid_move(steps)
+    if move is None:
+        return "could not be found on every curve (one diverged at every LR): nothing to compare."
+    if move == "one step":
+        return (
+            "moved by one grid step, which noise alone can do on this grid: this neither confirms nor rules out "
+            f"the paper's claim that it {claim}."
+        )
+    agrees = (move == "stayed") == (claim == "stays")
+    what = "stayed on the same grid point" if move == "stayed" else f"moved by {steps} grid steps"
+    return f"{what}: {'agrees with' if agrees else 'disagrees with'} the paper's claim that it {claim}."
+
+
+def _steps_text(steps: int | None) -> str:
+    """A move of the best LR in grid steps, as words."""
+    if steps is None:
+        return "none (a curve diverged at every LR)"
+    return "1 grid step" if steps == 1 else f"{steps} grid steps"
+
+
+def _seed_text(ranges: list) -> str:
+    """How far μP's best LR moved for each seed alone, counted with :func:`grid_move`."""
+    moves = [grid_move(r) for r in ranges if r is not None]
+    counts = {move: moves.count(move) for move in ("stayed", "one step", "moved")}
+    return (
+        f" Seed by seed (each seed's own best LR), μP's stayed for {counts['stayed']} of {len(moves)}, moved one "
+        f"grid step for {counts['one step']} and two or more for {counts['moved']}."
+    )
+
+
+def _width_findings(summary: dict) -> str:
+    """The width sweep: SP's and μP's best LR across widths, each against the paper's claim, then the seeds and
+    μP's loss at each width's best LR."""
+    width = summary["sweeps"]["width"]
+    mup_shift, sp_shift = width["mup"]["shift"]["range"], width["sp"]["shift"]["range"]
+    widths = summary["sweep_widths"]
+    text = (
+        f"**Width sweep** (widths {widths[0]}-{widths[-1]}). Best LR under SP: {_indices_text(width['sp'])} "
+        f"(range {_steps_text(sp_shift)}); under μP: {_indices_text(width['mup'])} "
+        f"(range {_steps_text(mup_shift)}). "
+        f"μP's best LR {transfer_verdict(mup_shift, PAPER_CLAIMS['width'])} "
+        f"SP's {transfer_verdict(sp_shift, 'moves')}"  # SP's moves with width (Figure 1)
+    )
+    if grid_move(mup_shift) in ("stayed", "one step") and grid_move(sp_shift) in ("stayed", "one step"):
+        text += " Neither moved by two or more steps: the sweep is too short or too narrow to separate them."
+    if any(r is not None for r in width["mup"]["seed_ranges"]):
+        text += _seed_text(width["mup"]["seed_ranges"])
+    losses = [width["mup"]["best_loss"][str(w)] for w in widths]
+    if all(v is not None for v in losses):
+        order = "wider is better at its best LR" if all(np.diff(losses) < 0) else "wider is not always better"
+        quoted = [
+            f"{w}: {spread(width['mup']['best_loss_seeds'][str(w)])}"
+            for w in widths
+            if width["mup"]["best_loss_seeds"][str(w)]
+        ]
+        text += f" μP's loss at each width's best LR (seeds): {'; '.join(quoted)} ({order})."
+    return text
+
+
 def findings(summary: dict) -> str:
     """What this run found, in sentences computed from the summary, each beside the paper's claim."""
     coordinate = summary["coordinate_check"]
@@ -609,76 +702,28 @@ def findings(summary: dict) -> str:
     )
     lines.append(sp_text)
 
-    sweeps = summary["sweeps"]
-    width = sweeps["width"]
-    mup_shift, sp_shift = width["mup"]["shift"]["range"], width["sp"]["shift"]["range"]
-    mup_seeds = [r for r in width["mup"]["seed_ranges"] if r is not None]
-    text = (
-        f"**Width sweep** (widths {summary['sweep_widths'][0]}-{summary['sweep_widths'][-1]}). Best LR under SP: "
-        f"{_indices_text(width['sp'])} (range {sp_shift} grid steps); under μP: {_indices_text(width['mup'])} "
-        f"(range {mup_shift})."
-    )
-    if mup_shift is None or sp_shift is None:
-        text += " Some width diverged at every LR, so no comparison."
-    elif mup_shift <= 1 and sp_shift > mup_shift:
-        text += " μP's optimum stayed within a grid step while SP's moved further: agrees with the paper."
-    elif mup_shift <= 1:
-        text += (
-            " μP's optimum stayed within a grid step, as the paper reports, but SP's did not move more at this "
-            "scale: the sweep is too short or too narrow to separate them."
-        )
-    else:
-        text += " μP's optimum moved by more than a grid step: disagrees with the paper at this scale."
-    if mup_seeds and mup_shift is not None:
-        stable = sum(r <= 1 for r in mup_seeds)
-        if 0 < stable < len(mup_seeds):
-            text += (
-                f" Mixed across seeds: μP's optimum stayed within one step for {stable} of {len(mup_seeds)} seeds."
-            )
-        else:
-            text += f" Each seed alone says the same ({stable} of {len(mup_seeds)} within one step)."
-    losses = [width["mup"]["best_loss"][str(w)] for w in summary["sweep_widths"]]
-    if all(v is not None for v in losses):
-        order = "wider is better at its best LR" if all(np.diff(losses) < 0) else "wider is not always better"
-        quoted = [
-            f"{w}: {spread(width['mup']['best_loss_seeds'][str(w)])}"
-            for w in summary["sweep_widths"]
-            if width["mup"]["best_loss_seeds"][str(w)]
-        ]
-        text += f" μP's loss at each width's best LR (seeds): {'; '.join(quoted)} ({order})."
-    lines.append(text)
-
-    for which, claim, symbol in (("expansion", "stays", "E"), ("granularity", "shifts", "G")):
-        entry = sweeps[which]["mup"]
-        shift = entry["shift"]["range"]
+    lines.append(_width_findings(summary))
+    for which, symbol in (("expansion", "E"), ("granularity", "G")):
+        entry = summary["sweeps"][which]["mup"]
         text = (
             f"**Across {symbol}** (μP, width {summary['fixed_width']}): best LR {_indices_text(entry)}, "
-            f"range {shift} grid steps."
+            f"range {_steps_text(entry['shift']['range'])}. The best LR "
+            + transfer_verdict(entry["shift"]["range"], PAPER_CLAIMS[which])
         )
-        if shift is None:
-            text += " Every LR diverged for some value."
-        elif claim == "stays":
-            text += (
-                " It stayed within a grid step: agrees with the paper's transfer across the number of experts."
-                if shift <= 1
-                else " It moved by more than a grid step: disagrees with the reported transfer across experts."
-            )
-        elif shift >= 2:
-            text += (
-                " It moved by more than a grid step: agrees with the report that granularity shifts the optimal"
-                " LR."
-            )
-        elif shift == 1:
-            text += (
-                " It moved by one grid step, no more than noise moves an argmin here: neither confirms nor rules"
-                " out the reported shift."
-            )
-        else:
-            text += " It did not move at this scale: the reported shift does not show here."
-        if len(summary["seeds"]) and len(entry["seed_ranges"]) == 1:
+        if len(entry["seed_ranges"]) == 1:
             text += " (One seed: read it as a hint.)"
         lines.append(text)
     return "\n\n".join(lines)
 
 
-__all__ = ["NAME", "MupBudget", "Result", "run_experiment", "live_coordinate_check", "paper_rows", "findings"]
+__all__ = [
+    "NAME",
+    "MupBudget",
+    "Result",
+    "run_experiment",
+    "live_coordinate_check",
+    "paper_rows",
+    "grid_move",
+    "transfer_verdict",
+    "findings",
+]

@@ -4,7 +4,9 @@ r"""Three ways to scale a language model with width: standard (SP), simpleP and 
 *standard parameterization* (SP: one init scale σ and one LR η for every tensor) η* moves, usually towards smaller
 values as the width d grows: with Adam every entry of a d×d weight moves by about η per step, and since the
 update is aligned with the inputs, a hidden activation ``ΔW x`` moves by about η·d. The wider the model, the
-larger the change one step makes, and at some width the old η* makes training blow up.
+larger the change one step makes, and at some width the old η* makes training blow up. (This SP, the paper's,
+keeps σ fixed at every width; PyTorch's own default init, variance ∝ 1/fan-in, is another "standard"
+parameterization, one whose init already shrinks with width while its LR stays global.)
 
 **The fix** (Yang & Hu 2021, Tensor Programs IV/V; Adam version of the table in the research notes, section 0.1).
 Let ``m_d = d / d_base`` be the width multiplier. For every tensor, decide how many of its dimensions grow with
@@ -44,8 +46,8 @@ available to us. microsoft/mup reaches the same verdict by its own rules: it ref
 fan-in and a fixed fan-out unless it is a ``MuReadout``.
 
 **simpleP** (the paper's middle baseline, by the research notes' reading of its Figure 1): muP for every dense
-tensor and the experts, but the router left at SP (σ, η, multiplier α_r). Under it the router logits grow like d
-after the first steps, which is what the coordinate check shows.
+tensor and the experts, but the router left at SP (σ, η, multiplier α_r). μP theory predicts that under it the
+router logits grow like d after the first steps, which is what the coordinate check looks for.
 
 The three parameterizations build exactly the same parameter groups (one per kind); only the numbers differ. At
 the base width with all α = 1 every factor is 1 and muP *is* SP, bitwise (a test checks it).
@@ -133,9 +135,9 @@ def logical_name(name: str) -> str:
 
 def parameter_kind(name: str, shape: tuple[int, ...]) -> str:
     """The kind of a TinyLM parameter (a row of the table above), read from its name and number of dimensions."""
-    parts = logical_name(name).split(".")
     if not isinstance(name, str):
-        raise ValueError(f"name={name!r} is not allowed; expected a parameter name")
+        raise ValueError(f"name={name!r} is not allowed; expected a parameter name (a string)")
+    parts = logical_name(name).split(".")
     if len(shape) == 1:
         return "vector"  # norm gains (and biases, when a config has them)
     if parts[0] == "embedding":
@@ -334,14 +336,19 @@ class ParameterizedModel:
         return parameter_groups(self.model, self.rules)
 
     def rule_table(self):
-        """One row per kind: its tensors, init std, LR scale and forward multiplier (pandas)."""
-        return rule_table(self.rules)
+        """One row per kind: its tensors, init std, LR scale, forward multiplier and a note (pandas)."""
+        return rule_table(self.rules, self.parameterization)
 
 
-def rule_table(model_rules: list[Rule]):
-    """The rules as a table, one row per (kind, init std, LR scale, multiplier), for display."""
+ROUTER_NOTE = "inferred: α_r/m_d from μP theory, not read from the paper"
+
+
+def rule_table(model_rules: list[Rule], parameterization: str):
+    """The rules as a table, one row per (kind, init std, LR scale, multiplier), for display. The ``note``
+    column marks μP's router row as inferred (see the module)."""
     import pandas as pd
 
+    check_parameterization(parameterization)
     rows = {}
     for rule in model_rules:
         key = (rule.kind, rule.init_std, rule.lr_scale, rule.forward_multiplier)
@@ -351,6 +358,7 @@ def rule_table(model_rules: list[Rule]):
             init_std="ones" if rule.init_std is None else f"{rule.init_std:.4g}",
             lr_scale=f"{rule.lr_scale:.4g}",
             forward_multiplier=f"{rule.forward_multiplier:.4g}",
+            note=ROUTER_NOTE if rule.kind == "router" and parameterization == "mup" else "",
         )
     table = pd.DataFrame(list(rows.values()))
     order = {kind: index for index, kind in enumerate(KINDS)}

@@ -216,15 +216,21 @@ def playground(result: Result):
         multipliers = Multipliers(float(alpha_in), float(alpha_out), float(alpha_router))
         notes = []
         table = result.coordinate_table(parameterization, multipliers)
+        shown = multipliers if table is not None else Multipliers()
         if table is None:
             notes.append(
                 f"no coordinate check of {LABELS[parameterization]} at {multipliers.label()} yet "
                 "(press the button); showing all α = 1"
             )
             table = result.coordinate_table(parameterization)
-        shown = multipliers if not notes else Multipliers()
-        title = f"Coordinate check, {LABELS[parameterization]}, {shown.label()}"
-        coord = figure(("coordinates", parameterization, shown), lambda: coordinate_figure(table, title=title))
+        fresh = result.has_fresh_check(parameterization, shown)
+        source = f"fresh check, {table['seed'].nunique()} seeds" if fresh else "precomputed"
+        title = f"Coordinate check, {LABELS[parameterization]}, {shown.label()} ({source})"
+        if fresh:
+            notes.append(f"the coordinate check shown is the fresh one from the button, at {shown.label()}")
+        coord = figure(
+            ("coordinates", parameterization, shown, fresh), lambda: coordinate_figure(table, title=title)
+        )
         swept = parameterization if parameterization in set(result.width_sweep["parameterization"]) else "mup"
         if swept != parameterization:
             notes.append(
@@ -244,7 +250,7 @@ def playground(result: Result):
         )
         family = budget.family(granularity=granularity, expansion=experts)
         model = family.build(width, device="meta")
-        rows = rule_table(rules(model, family, parameterization, multipliers))
+        rows = rule_table(rules(model, family, parameterization, multipliers), parameterization)
         here = best[(best["parameterization"] == swept) & (best["curve"] == width)]
         status = (
             f"{LABELS[parameterization]} at width {width} (m_d = {width / budget.base_width:g}), E={experts}, "
@@ -261,12 +267,12 @@ def playground(result: Result):
             float(values["alpha_in"]), float(values["alpha_out"]), float(values["alpha_router"])
         )
         table = live_coordinate_check(result, values["parameterization"], multipliers, report)
-        figures.pop(("coordinates", values["parameterization"], multipliers), None)  # a re-run replaces the old
+        figures.pop(("coordinates", values["parameterization"], multipliers, True), None)  # a re-run replaces it
         slopes = result.slopes(table=table)
         worst = slopes.loc[slopes["slope"].abs().idxmax()]
         return (
-            f"coordinate check of {LABELS[values['parameterization']]} at {multipliers.label()} done: steepest "
-            f"{worst['activation']} with slope {worst['slope']:+.2f} at step {budget.slope_step}"
+            f"fresh coordinate check of {LABELS[values['parameterization']]} at {multipliers.label()} done and "
+            f"shown: steepest {worst['activation']} with slope {worst['slope']:+.2f} at step {budget.slope_step}"
         )
 
     return make_playground(
