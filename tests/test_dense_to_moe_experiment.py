@@ -52,7 +52,7 @@ def _summary(dynamic, moefication):
         "zero_fraction": {"lambda=0.01": {"before": 0.5, "after": 0.9}},
         "main_variant": "lambda=0.01",
         "vit_ffn_share": 0.7,
-        "timing": [{"implementation": "gathered", "time_ratio": 1.5, "flop_ratio": 0.6}],
+        "timing": [{"device": "cpu", "implementation": "gathered", "time_ratio": 1.5, "flop_ratio": 0.6}],
         "minilm": {
             "no fine-tuning (GELU)": {"saving_at_cosine_095": {"dynamic_k": 0.3, "top_k": 0.1}, "curves": {}}
         },
@@ -64,6 +64,7 @@ def test_findings_have_a_phrasing_for_each_outcome():
     assert "disagrees with the paper" in findings(_summary([0.1, 0.1], [0.3, 0.2]))
     assert "mixed across seeds" in findings(_summary([0.5, 0.1], [0.3, 0.2]))
     assert "dynamic-k saves more" in findings(_summary([0.5, 0.1], [0.3, 0.2]))
+    assert "**Wall-clock (cpu).**" in findings(_summary([0.5, 0.1], [0.3, 0.2]))
 
 
 def test_paper_rows_show_this_run_and_missing_cells():

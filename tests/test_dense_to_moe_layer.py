@@ -136,3 +136,17 @@ def test_unknown_rules_and_bad_k_are_rejected(converted):
         layer.configure("dynamic_k", tau=0.5)
     with pytest.raises(ValueError, match="bijection"):
         DynamicKMoE(ViT(CONFIG).layers[0].ffn, np.zeros(32, dtype=int), 8)
+
+
+def test_timing_runs_on_the_given_device_and_rejects_others(converted):
+    from efflab.dense_to_moe.timing import time_forward
+
+    _, model, images = converted
+    for device in ("cpu", torch.device("cpu")):
+        assert time_forward(model, images, "dynamic_k", 0.5, 1, device=device) > 0
+    assert next(model.parameters()).device.type == "cpu"
+    assert all(layer.rule == "dense" and layer.implementation == "masked" for layer in moe_layers(model))
+    bad = ["gpu", "meta", None] + ([] if torch.cuda.is_available() else ["cuda"])
+    for device in bad:
+        with pytest.raises(ValueError, match="device="):
+            time_forward(model, images, "dense", None, 1, device=device)

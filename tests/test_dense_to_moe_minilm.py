@@ -1,4 +1,6 @@
+import html
 import importlib.util
+import re
 
 import numpy as np
 import pytest
@@ -57,3 +59,21 @@ def test_tau_one_reproduces_the_dense_minilm(minilm):
 def test_nearest_neighbours_skip_self():
     e = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]]), dim=-1)
     assert nearest_neighbours(e).tolist() == [1, 0, 1]
+
+
+@pytest.mark.parametrize(("rule", "value"), [("dynamic_k", 0.5), ("top_k", 8)])
+def test_every_word_is_coloured_by_its_expert_count(minilm, rule, value):
+    from efflab.dense_to_moe.plots import words_html
+    from efflab.dense_to_moe.sentence_encoder import word_experts
+    from efflab.models.bert import MiniLMTokenizer
+
+    model = minilm[0]
+    sentence = "Tokenization splits 'unbelievable' words into pieces."
+    words = word_experts(model, MiniLMTokenizer(max_length=32), sentence, rule, value)
+    # WordPieces are joined back into the lower-cased words; [CLS] and [SEP] are left out
+    assert [word for word, _ in words] == re.findall(r"\w+|[^\w\s]", sentence.lower())
+    assert all(1 <= k <= 96 for _, k in words)
+    if rule == "top_k":
+        assert all(k == value for _, k in words)
+    shown = words_html(words, 96).data
+    assert all(f">{html.escape(word)}</span>" in shown for word, _ in words)

@@ -44,7 +44,8 @@ def test_figures_build_from_a_result(tiny_result):
     assert isinstance(plots.zero_fraction_figure(tiny_result), go.Figure)
     assert isinstance(plots.k_histogram(tiny_result, "dynamic_k", 0.5), go.Figure)
     assert isinstance(plots.patch_heatmap(tiny_result, "top_k", 2, [0, 1]), go.Figure)
-    assert isinstance(plots.timing_figure(tiny_result), go.Figure)
+    assert set(tiny_result.timing.device) == {"cpu"}  # the run's device
+    assert "on cpu" in plots.timing_figure(tiny_result).layout.title.text
     assert "ViT on digits" in findings(tiny_result.summary())
 
 
@@ -61,3 +62,10 @@ def test_playground_answers_every_control(tiny_result):
 def test_words_are_coloured_by_expert_count():
     shown = plots.words_html([("sorted", 10.0), ("<list>", 2.0)], 16)
     assert "sorted" in shown.data and "&lt;list&gt;" in shown.data and 'title="10.0 experts"' in shown.data
+
+
+def test_timing_rejects_an_unknown_device(tiny_result):
+    from efflab.dense_to_moe.experiment import measure_timing
+
+    with pytest.raises(ValueError, match="device='gpu'"):
+        measure_timing(tiny_result, "gpu")

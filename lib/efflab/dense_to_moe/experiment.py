@@ -9,10 +9,16 @@ Part 1 (every seed, side by side through :func:`efflab.parallel.run_all`):
    fine-tuning per weight and seed); measure the zero fraction per layer before and after;
 3. convert (balanced clustering), train norm-regressing routers, sweep dynamic-k over tau and top-k over k; train
    MoEfication's activation-share routers on the same model and sweep top-k;
-4. time the gathered implementation against the dense forward on the first seed's main model.
+4. time the gathered implementation against the dense forward on the first seed's main model, on the run's
+   device.
 
 Part 2: all-MiniLM-L6-v2, converted without fine-tuning, and (full mode) after a ReLU + Hoyer + embedding
 distillation fine-tune; cosine similarity and neighbour agreement against relative FFN FLOPs.
+
+Where things run: every ViT task (dense training, fine-tuning, conversion) is a CPU task, one model per core,
+whatever the run's device: models this small spend their time in the fixed cost of each operation, which a GPU
+does not remove, while independent models on separate cores run side by side. The MiniLM task, and the timing,
+use the run's device.
 """
 
 from __future__ import annotations
@@ -28,14 +34,14 @@ import torch
 
 from efflab.cache import cached
 from efflab.data.digits import infinite_batches, load_digits
-from efflab.dense_to_moe.conversion import configure, moefy
+from efflab.dense_to_moe.conversion import moefy
 from efflab.dense_to_moe.cost import cost_model
 from efflab.dense_to_moe.evaluation import classifier_sweep
 from efflab.dense_to_moe.routers import RouterBudget, collect_layer_inputs, train_routers
 from efflab.dense_to_moe.sparsity import relufy, sparsity_finetune, zero_fraction
 from efflab.experiment import Budget, paper_table, seeds_for, spread
 from efflab.models.vit import ViT, ViTConfig, vit_outside_ffn_flops_per_image
-from efflab.parallel import run_all
+from efflab.parallel import gpu_share_for, run_all
 from efflab.runtime import Run, Timer, seed_everything
 from efflab.train import TrainConfig, fit
 from efflab.validation import check_int, check_positive
@@ -59,7 +65,8 @@ def _check_taus(name: str, taus) -> None:
 
 @dataclass(frozen=True)
 class DenseToMoEBudget(Budget):
-    """Every size and step count of the notebook; ``quick()`` for two CPU cores, ``full()`` for one GPU."""
+    """Every size and step count of the notebook; ``quick()`` for two CPU cores, ``full()`` for a machine with
+    more cores (the ViT tasks) and, for MiniLM, a GPU where there is one."""
 
     seeds: int = 3
     d_model: int = 32
@@ -347,7 +354,12 @@ def _convert(model: ViT, n_experts: int, seed: int, b: DenseToMoEBudget, digits)
 
 
 def minilm_study(task: MiniLMTask) -> dict:
-    """MiniLM's FFNs converted without and (when the budget says so) with sparsity fine-tuning."""
+    """MiniLM's FFNs converted without and (when the budget says so) with sparsity fine-tuning.
+
+    Returns the held-out ``sentences``, each conversion's ``curves`` and converted ``models`` (on the CPU), the
+    ``seconds`` of each stage, and ``sparse_dense_cosine``: each starting model's mean cosine similarity to the
+    dense original before conversion (1 for the unchanged model; what the fine-tune alone moved for the other).
+    """
     from efflab.data.sentences import load_sentences
     from efflab.dense_to_moe.sentence_encoder import (
         distillation_finetune,
@@ -382,8 +394,10 @@ def minilm_study(task: MiniLMTask) -> dict:
             )
         seconds["fine-tune"] = timer.seconds
         conversions["ReLU + Hoyer + distillation"] = tuned
-    out = {"sentences": heldout, "curves": {}, "models": {}, "seconds": seconds}
+    out = {"sentences": heldout, "curves": {}, "models": {}, "seconds": seconds, "sparse_dense_cosine": {}}
     for name, model in conversions.items():
+        start = dense_heldout if model is dense else embed(model, heldout_batches)
+        out["sparse_dense_cosine"][name] = float((start * dense_heldout).sum(-1).mean())
         model = copy.deepcopy(model) if model is dense else model
         with Timer() as timer:
             moefy(model, b.minilm_experts, iterations=b.minilm_cluster_iterations, seed=task.seed)
@@ -403,13 +417,6 @@ def minilm_study(task: MiniLMTask) -> dict:
         }
         out["curves"][name] = curves
         out["models"][name] = model.cpu()
-        model.to(device)
-    out["sparse_dense_cosine"] = {}
-    for name, model in out["models"].items():
-        model.to(device)
-        configure(model, "dense")
-        out["sparse_dense_cosine"][name] = float((embed(model, heldout_batches) * dense_heldout).sum(-1).mean())
-        model.cpu()
     return out
 
 
@@ -560,7 +567,8 @@ def run_experiment(run: Run, budget: DenseToMoEBudget, *, minilm: bool = True, p
     first: list = [DenseTask(seed, budget) for seed in seeds]
     if minilm:  # needs no ViT: the longest task goes first, beside the dense trainings (three seeds, two cores)
         first.insert(0, MiniLMTask(run.seed, budget, device=str(run.device)))
-    trained = run_all(run_task, first, description="dense ViTs (and MiniLM)", progress=progress)
+    share = gpu_share_for(run.device) if minilm else None  # on Ray, MiniLM's task must see the GPU
+    trained = run_all(run_task, first, description="dense ViTs (and MiniLM)", progress=progress, gpu_share=share)
     minilm_result = trained.pop(0) if minilm else None
     dense = {o["seed"]: o for o in trained}
     tasks = [  # the longest first (most variants, then fine-tuned), so that no core idles at the end
@@ -586,16 +594,17 @@ def run_experiment(run: Run, budget: DenseToMoEBudget, *, minilm: bool = True, p
         test_labels=test.y,
         seconds=0.0,
     )
-    result.timing = measure_timing(result)
+    result.timing = measure_timing(result, run.device)
     result.seconds = time.perf_counter() - start
     return result
 
 
-def measure_timing(result: DenseToMoEResult) -> pd.DataFrame:
+def measure_timing(result: DenseToMoEResult, device="cpu") -> pd.DataFrame:
     """Wall-clock of the gathered implementation at a few taus against the dense forward (first seed's main
-    model, the test images ``timing_copies`` times), beside the FLOP ratio of the same setting."""
-    from efflab.dense_to_moe.timing import time_forward
+    model, the test images ``timing_copies`` times) on ``device``, beside the FLOP ratio of the same setting."""
+    from efflab.dense_to_moe.timing import time_forward, timing_device
 
+    device = timing_device(device)
     b = result.budget
     entry = result.conversion(result.main_variant)
     model = entry["model"]
@@ -603,12 +612,15 @@ def measure_timing(result: DenseToMoEResult) -> pd.DataFrame:
     flops = {p["value"]: p["relative_flops"] for p in entry["curves"]["dynamic_k"]}
     rows = []
     with torch.no_grad():
-        dense_seconds = time_forward(model, x, "dense", None, b.timing_repeats)
+        dense_seconds = time_forward(model, x, "dense", None, b.timing_repeats, device=device)
         for tau in b.timing_taus:
             for implementation in ("gathered", "masked"):
-                seconds = time_forward(model, x, "dynamic_k", tau, b.timing_repeats, implementation=implementation)
+                seconds = time_forward(
+                    model, x, "dynamic_k", tau, b.timing_repeats, implementation=implementation, device=device
+                )
                 rows.append(
                     {
+                        "device": str(device),
                         "tau": tau,
                         "implementation": implementation,
                         "flop_ratio": flops[tau],
@@ -735,7 +747,7 @@ def findings(summary: dict) -> str:
     if timing:
         faster = [r for r in timing if r["time_ratio"] < 1]
         lines.append(
-            "**Wall-clock.** The gathered implementation took "
+            f"**Wall-clock ({timing[0]['device']}).** The gathered implementation took "
             + ", ".join(
                 f"{r['time_ratio']:.0%} of the dense time at {r['flop_ratio']:.0%} of its FLOPs" for r in timing
             )

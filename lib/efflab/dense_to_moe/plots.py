@@ -184,7 +184,8 @@ def timing_figure(result) -> go.Figure:
         figure.add_bar(x=labels, y=rows.time_ratio, name=f"time, {implementation}", marker_color=PALETTE[index])
     figure.add_hline(y=1.0, line=dict(dash="dash", color="grey"))
     figure.update_layout(barmode="group")
-    return style_figure(figure, "Wall-clock vs FLOPs (relative to the dense forward)", "", "ratio to dense")
+    title = f"Wall-clock on {table.device.iloc[0]} vs FLOPs (relative to the dense forward)"
+    return style_figure(figure, title, "", "ratio to dense")
 
 
 def minilm_figure(result) -> go.Figure:
