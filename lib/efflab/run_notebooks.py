@@ -1,7 +1,7 @@
 """Run the course's notebooks end to end and report what each one recorded.
 
     python -m efflab.run_notebooks [--mode quick|full] [--device auto|cpu|cuda] [--only 01,05] [--out DIR]
-                                   [--cell-timeout S] [--time-limit S] [--retries N] [--no-units]
+                                   [--cell-timeout S] [--time-limit S] [--retries N] [--no-units] [--jobs N]
 
 Each notebook runs through papermill in its own process, with the parameters MODE, DEVICE and RESULTS_DIR
 injected, a per-cell execution timeout and an outer time limit (a kernel can wait forever on a widget message,
@@ -13,22 +13,31 @@ policy), which is how GPU results become part of the course.
 
 Right before each notebook the runner times one CPU unit (:func:`efflab.timing.cpu_unit_seconds`), so the report
 gives every notebook's time in seconds and in units, the measure the course's speed budgets are stated in.
+
+``--jobs N`` runs N notebooks side by side, each lane pinned to its own share of the cores (every process a
+notebook starts, its kernel and its executor's workers, inherits the lane's cores, and the executor sizes its
+pool to them). On a GPU machine two lanes let a notebook that trains on CPU cores run beside one that trains on
+the GPU. Side by side, the units are not timed: a unit measured beside another notebook means nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import queue
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from efflab.cache import REPO_ROOT, atomic_write
 from efflab.results import COMMITTED_RESULTS, provenance, write_json
 from efflab.timing import cpu_unit_seconds
-from efflab.validation import check_choice, check_positive
+from efflab.validation import check_choice, check_int, check_positive
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 
@@ -85,11 +94,70 @@ def papermill_command(
     ]
 
 
-def run_notebook(notebook: Path, out: Path, *, mode: str, device: str, cell_timeout: int, time_limit: int):
-    """Execute one notebook; never raises for a failing notebook, the status says what happened."""
+# Set this process's cores, then become the command: what the command starts inherits the cores.
+_PIN = (
+    "import os, sys; os.sched_setaffinity(0, map(int, sys.argv[1].split(',')));"
+    " os.execv(sys.argv[2], sys.argv[2:])"
+)
+
+
+def pinned(command: list[str], cores: Iterable[int] | None) -> list[str]:
+    """``command``, started on ``cores`` only (``None``: on every core this process may use)."""
+    if cores is None:
+        return command
+    return [sys.executable, "-c", _PIN, ",".join(str(core) for core in cores), *command]
+
+
+def core_lanes(jobs: int, cores: Iterable[int] | None = None) -> list[tuple[int, ...]]:
+    """The cores (default: this process's) split into ``jobs`` disjoint lanes of near-equal size."""
+    check_int("jobs", jobs, low=1)
+    cores = sorted(os.sched_getaffinity(0) if cores is None else cores)
+    if jobs > len(cores):
+        raise ValueError(f"jobs={jobs} is not allowed; expected at most {len(cores)}, one core per lane or more")
+    size, extra = divmod(len(cores), jobs)
+    bounds = [lane * size + min(lane, extra) for lane in range(jobs + 1)]
+    return [tuple(cores[bounds[lane] : bounds[lane + 1]]) for lane in range(jobs)]
+
+
+def run_side_by_side(notebooks: list[Path], jobs: int, run_one: Callable) -> list[NotebookRun]:
+    """``run_one(notebook, cores)`` for every notebook, ``jobs`` lanes at a time, each lane on its own cores and
+    taking the next notebook when it is free; the runs come back in the notebooks' order."""
+    lanes = core_lanes(jobs)
+    waiting: queue.SimpleQueue = queue.SimpleQueue()
+    for notebook in notebooks:
+        waiting.put(notebook)
+    runs: dict[Path, NotebookRun] = {}
+
+    def lane(cores):
+        while True:
+            try:
+                notebook = waiting.get_nowait()
+            except queue.Empty:
+                return
+            runs[notebook] = run_one(notebook, cores)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(lane, lanes))  # re-raises what a lane raised
+    return [runs[notebook] for notebook in notebooks]
+
+
+def run_notebook(
+    notebook: Path,
+    out: Path,
+    *,
+    mode: str,
+    device: str,
+    cell_timeout: int,
+    time_limit: int,
+    cores: tuple[int, ...] | None = None,
+):
+    """Execute one notebook (on ``cores`` only, when given); never raises for a failing notebook, the status
+    says what happened."""
     results_dir = out / notebook.stem
     results_dir.mkdir(parents=True, exist_ok=True)
-    command = papermill_command(notebook, out / notebook.name, results_dir, mode, device, cell_timeout)
+    command = pinned(
+        papermill_command(notebook, out / notebook.name, results_dir, mode, device, cell_timeout), cores
+    )
     start = time.perf_counter()
     try:
         done = subprocess.run(command, cwd=notebook.parent, capture_output=True, text=True, timeout=time_limit)
@@ -164,32 +232,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-limit", type=int, default=1800, help="seconds one notebook may run")
     parser.add_argument("--retries", type=int, default=1, help="runs again of a notebook that timed out")
     parser.add_argument("--no-units", action="store_true", help="do not time a CPU unit before each notebook")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="notebooks side by side, each on its share of the cores"
+    )
     args = parser.parse_args(argv)
     check_choice("mode", args.mode, ("quick", "full"))
     check_choice("device", args.device, ("auto", "cpu", "cuda"))
     check_positive("cell_timeout", args.cell_timeout)
     check_positive("time_limit", args.time_limit)
     check_positive("retries", args.retries, allow_zero=True)
+    check_int("jobs", args.jobs, low=1)
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    runs = []
-    for notebook in select_notebooks(args.only):
-        unit = None if args.no_units else cpu_unit_seconds()
-        print(f"running {notebook.name} ({args.mode}, {args.device}) ...", flush=True)
-        run = run_with_retries(
-            notebook,
-            out,
-            retries=args.retries,
-            mode=args.mode,
-            device=args.device,
-            cell_timeout=args.cell_timeout,
-            time_limit=args.time_limit,
-        )
+    notebooks = select_notebooks(args.only)
+    limits = dict(mode=args.mode, device=args.device, cell_timeout=args.cell_timeout, time_limit=args.time_limit)
+
+    def run_one(notebook: Path, cores: tuple[int, ...] | None) -> NotebookRun:
+        unit = None if args.no_units or cores is not None else cpu_unit_seconds()
+        lane = "" if cores is None else f", cores {cores[0]}-{cores[-1]}"
+        print(f"running {notebook.name} ({args.mode}, {args.device}{lane}) ...", flush=True)
+        run = run_with_retries(notebook, out, retries=args.retries, cores=cores, **limits)
         run.unit_seconds = None if unit is None else round(unit, 2)
         units = "" if run.units is None else f", {run.units:.1f} CPU units of {unit:.1f} s"
-        print(f"  {run.status} in {run.seconds:.1f} s{units} ({run.attempts} attempt(s))", flush=True)
-        runs.append(run)
+        print(
+            f"  {notebook.stem}: {run.status} in {run.seconds:.1f} s{units} ({run.attempts} attempt(s))",
+            flush=True,
+        )
+        return run
+
+    start = time.perf_counter()
+    if args.jobs == 1:
+        runs = [run_one(notebook, None) for notebook in notebooks]
+    else:
+        runs = run_side_by_side(notebooks, args.jobs, run_one)
+    print(f"{len(runs)} notebook(s) in {time.perf_counter() - start:.1f} s wall ({args.jobs} lane(s))", flush=True)
 
     report = markdown_report(runs, args.mode, args.device)
     (out / "report.md").write_text(report)
