@@ -12,8 +12,13 @@ TEST_STAMP := $(VENV)/.installed-test
 # torch is installed on its own, first: anything that depends on it would otherwise pull a multi-GB CUDA build.
 TORCH_SPEC ?= $(shell grep -E '^torch==' requirements.txt)
 CELL_TIMEOUT ?= 600
-# pytest workers: two files at a time keep both cores busy through the serial stretches of each notebook.
+# make full: notebooks side by side, each on its share of the cores (a CPU-bound one beside a GPU-bound one).
+FULL_JOBS ?= 2
+# pytest workers: two files at a time keep both cores busy through the serial stretches of each notebook. Each
+# runs torch on one thread: with more threads than cores, OpenMP's waiting threads made a notebook's own training
+# (00's) four times slower beside another notebook, and the whole notebook half of the suite 1.5x slower.
 TEST_WORKERS ?= 2
+TEST_THREADS ?= 1
 # Extra JupyterLab options, e.g. make lab LAB_ARGS="--no-browser --port 8899"
 LAB_ARGS ?=
 
@@ -48,7 +53,7 @@ test: $(TEST_STAMP)
 	$(BIN)/ruff check lib tests benchmarks notebooks
 	$(BIN)/ruff format --check lib tests benchmarks
 	$(BIN)/python -m efflab.clean_notebooks --check notebooks/*.ipynb
-	EFFLAB_MODE=quick $(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env \
+	EFFLAB_MODE=quick OMP_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env \
 		--nbval-cell-timeout=$(CELL_TIMEOUT) -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 # The notebooks in JupyterLab in Debian's Chromium (Playwright drives it; no browser is downloaded), then the
@@ -80,7 +85,7 @@ site: $(STAMP)
 	$(BIN)/python -m efflab.ui.site --execute $(if $(NOTEBOOKS),--only $(NOTEBOOKS)) --executed runs/site --out site
 
 full: $(STAMP)
-	$(BIN)/python -m efflab.run_notebooks --mode full --device auto
+	$(BIN)/python -m efflab.run_notebooks --mode full --device auto --jobs $(FULL_JOBS)
 
 bench: $(STAMP)
 	@for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
