@@ -262,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         return run
 
     start = time.perf_counter()
+    if args.jobs > 1 and not hasattr(os, "sched_setaffinity"):
+        print("--jobs needs CPU affinity, which only Linux offers: running one notebook at a time", flush=True)
+        args.jobs = 1
     if args.jobs == 1:
         runs = [run_one(notebook, None) for notebook in notebooks]
     else:
