@@ -57,13 +57,13 @@ def test_warmup_stable_decay_sequences_exactly():
 
 def test_branched_run_follows_the_stable_phase_then_each_cooldown(monkeypatch, corpus):
     rates = []
-    original = lm_grid._step
+    original = lm_grid.optimiser_step
 
     def recording(model, optimizer, batch, lr, device):
         rates.append(lr)
         original(model, optimizer, batch, lr, device)
 
-    monkeypatch.setattr(lm_grid, "_step", recording)
+    monkeypatch.setattr(lm_grid, "optimiser_step", recording)
     _, evaluations = lm_grid.train_branched(RunSpec(16, DENSE, 0), TINY, corpus, "cpu")
     stable = lm_grid.stable_factors(8, 2)
     expected = [*stable[:4], *lm_grid.cooldown_factors(1), *stable[4:], *lm_grid.cooldown_factors(2)]
@@ -86,7 +86,7 @@ def test_a_branch_is_exactly_the_decayed_run_of_its_length(corpus):
     generator = torch.Generator().manual_seed(spec.seed)
     for factor in lm_grid.wsd_factors(4, 2, 1):
         batch = corpus.get_batch("train", TINY.batch_size, TINY.block_size, generator=generator)
-        lm_grid._step(model, optimizer, batch, TINY.lr * factor, torch.device("cpu"))
+        lm_grid.optimiser_step(model, optimizer, batch, TINY.lr * factor, torch.device("cpu"))
     model.eval()
     with torch.no_grad():
         alone = language_model_loss(model, corpus, batches=TINY.eval_batches, batch_size=TINY.batch_size)

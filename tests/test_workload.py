@@ -52,6 +52,8 @@ def test_the_step_runs_once_to_warm_up_then_once_counted_then_timed():
     calls = []
     step_cost(lambda: calls.append(1), repeats=3)
     assert len(calls) == 1 + 1 + 3
+    cost = step_cost(lambda: calls.append(1), counted=False, repeats=3)
+    assert len(calls) == 5 + 1 + 3 and cost.operations == cost.flops == 0
 
 
 def machine(**changes):
@@ -66,7 +68,7 @@ def work(runs, steps, on="gpu", **kwargs):
 
 def test_small_runs_sharing_the_gpu_are_bound_by_its_kernels():
     # 1,000 kernels a step: 10 ms on the host, 5 ms on the GPU; 16 runs, 8 at a time on 16 cores.
-    plan = price(work(16, 100), StepCost(1000, 0, math.nan), machine(), cores=16)
+    plan = price([work(16, 100)], [StepCost(1000, 0, math.nan)], machine(), cores=16)
     assert plan.gpu_seconds == pytest.approx((8.0, 8.0))  # 16 x 100 x 5 ms: the GPU's time adds up
     assert plan.seconds[0] == pytest.approx(8.0)  # the hosts (2 rounds x 100 x 10 ms = 2 s) wait for it
     assert plan.core_seconds[0] == pytest.approx(16.0)  # 16 x 100 x 10 ms: each host a core
@@ -75,25 +77,46 @@ def test_small_runs_sharing_the_gpu_are_bound_by_its_kernels():
 
 def test_a_lone_run_is_bound_by_its_host_and_flops_add_to_the_gpu():
     cost = StepCost(1000, int(5e9), math.nan)  # 5 GFLOP at 1 TFLOP/s: 5 ms more per step
-    plan = price(work(1, 100), cost, machine(), cores=16)
+    plan = price([work(1, 100)], [cost], machine(), cores=16)
     assert plan.gpu_seconds[0] == pytest.approx(100 * (5e-3 + 5e-3))
     assert plan.seconds == pytest.approx((100 * 10e-3, 100 * 20e-3))  # the longer of host and GPU, or both
 
 
 def test_cpu_work_takes_rounds_of_one_run_per_core():
-    plan = price(work(5, 10, on="cpu"), StepCost(1, 0, 0.5), machine(), cores=4)
+    plan = price([work(5, 10, on="cpu")], [StepCost(1, 0, 0.5)], machine(), cores=4)
     assert plan.seconds == pytest.approx((2 * 10 * 0.5, 2 * 10 * 0.5))  # 5 runs on 4 cores: 2 rounds
     assert plan.core_seconds[0] == pytest.approx(5 * 10 * 0.5) and plan.gpu_seconds == (0.0, 0.0)
 
 
 def test_side_by_side_limits_the_runs_at_once():
-    plan = price(work(4, 10, on="cpu", side_by_side=1), StepCost(1, 0, 1.0), machine(), cores=16)
+    plan = price([work(4, 10, on="cpu", side_by_side=1)], [StepCost(1, 0, 1.0)], machine(), cores=16)
     assert plan.seconds[0] == pytest.approx(40.0)
 
 
 def test_without_a_gpu_the_gpu_work_runs_on_cpu_cores():
-    plan = price(work(2, 10), StepCost(1000, 0, 0.25), machine(gpu=False, cores=2), cores=2)
+    plan = price([work(2, 10)], [StepCost(1000, 0, 0.25)], machine(gpu=False, cores=2), cores=2)
     assert plan.seconds[0] == pytest.approx(2.5) and plan.gpu_seconds == (0.0, 0.0)
+
+
+def test_a_pool_shares_its_workers_and_the_next_run_takes_the_first_free_one():
+    # runs of 30, 10, 10 and 10 s on two workers: 30 | 10 + 10 + 10, so 30 s, not 40 as item after item
+    items = [work(1, 30, on="cpu", pool="grid"), work(3, 10, on="cpu", pool="grid")]
+    plan = notebook_plan("nb", items, machine(), cores=2, costs=[StepCost(1, 0, 1.0)] * 2)
+    assert len(plan.works) == 1 and plan.seconds == pytest.approx((40.0, 40.0))  # 30 s and the overhead
+    apart = [work(1, 30, on="cpu"), work(3, 10, on="cpu")]
+    assert notebook_plan("nb", apart, machine(), cores=2, costs=[StepCost(1, 0, 1.0)] * 2).seconds[0] == 60.0
+
+
+def test_grouped_expert_products_count_their_flops():
+    tokens, k, n, experts = 12, 8, 4, 3
+    a, b = torch.randn(tokens, k), torch.randn(experts, k, n)
+    offsets = torch.tensor([4, 8, 12], dtype=torch.int32)
+    try:
+        torch._grouped_mm(a, b, offs=offsets)
+    except (RuntimeError, NotImplementedError):
+        pytest.skip("this build has no float32 grouped product on the CPU")
+    cost = step_cost(lambda: torch._grouped_mm(a, b, offs=offsets), timed=False)
+    assert cost.flops == 2 * tokens * k * n
 
 
 def test_a_notebook_adds_its_overhead_and_its_items():

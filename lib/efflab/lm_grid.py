@@ -357,7 +357,8 @@ def _evaluate(model, corpus, budget) -> float:
     return loss["val_loss"]
 
 
-def _step(model, optimizer, batch, lr, device) -> None:
+def optimiser_step(model, optimizer, batch, lr, device) -> None:
+    """One step of a grid run at rate ``lr`` (times each group's ``lr_scale``), its gradient clipped to norm 1."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group["lr_scale"]
     model.train()
@@ -392,7 +393,7 @@ def train_branched(spec: RunSpec, budget: GridBudget, corpus: ByteCorpus, device
     cooldowns = dict(budget.branches())
     evaluations, last_model = [], model
     for step in range(budget.steps):
-        _step(model, optimizer, next_batch(generator), peak * factors[step], device)
+        optimiser_step(model, optimizer, next_batch(generator), peak * factors[step], device)
         done = step + 1
         if done % budget.eval_every == 0 or done in cooldowns:
             evaluations.append({"phase": STABLE, "step": done, "val_loss": _evaluate(model, corpus, budget)})
@@ -415,7 +416,7 @@ def _cooldown(model, optimizer, generator, steps, peak, next_batch, device):
     branch_generator = torch.Generator()
     branch_generator.set_state(generator.get_state())
     for factor in cooldown_factors(steps):
-        _step(branch, branch_optimizer, next_batch(branch_generator), peak * factor, device)
+        optimiser_step(branch, branch_optimizer, next_batch(branch_generator), peak * factor, device)
     return branch
 
 

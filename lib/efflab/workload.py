@@ -26,13 +26,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from efflab.models.moe import moe_layers
 from efflab.runtime import torch_threads
 from efflab.validation import check_choice, check_int, check_positive
 
@@ -44,11 +45,25 @@ FREE_OPS = frozenset(
 ) | {torch.ops.aten.empty.memory_format, torch.ops.aten.empty_strided.default}
 
 
+def _grouped_mm_flops(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    """``torch._grouped_mm``, the MoE layer's one-launch expert products, which ``FlopCounterMode`` does not
+    count: rows of ``a`` meet the matrix of their group in ``b``; 2 FLOPs per multiply-add."""
+    if len(a_shape) == 2 and len(b_shape) == 3:  # (tokens, k) with one (k, n) per expert
+        return 2 * a_shape[0] * a_shape[1] * b_shape[2]
+    if len(a_shape) == 2 and len(b_shape) == 2:  # (k, tokens) @ (tokens, n), tokens split by group
+        return 2 * a_shape[0] * a_shape[1] * b_shape[1]
+    return 2 * math.prod(a_shape) * b_shape[-1]  # a batch of products
+
+
+EXTRA_FLOPS = {torch.ops.aten._grouped_mm: _grouped_mm_flops}
+
+
 @dataclass(frozen=True)
 class Work:
     """``runs`` independent runs of ``steps`` steps each, every step like ``step()``, executed ``on`` the GPU
     (the run's device in full mode) or on CPU cores; ``side_by_side``: how many of the runs the experiment
-    hands to the executor at once (None: all of them); ``trains``: whether each step is one optimiser step."""
+    hands to the executor at once (None: all of them); ``trains``: whether each step is one optimiser step;
+    ``pool``: a name shared by neighbouring items that the experiment hands to the executor in one call."""
 
     what: str
     runs: int
@@ -57,6 +72,7 @@ class Work:
     on: str = "gpu"
     side_by_side: int | None = None
     trains: bool = True  # every step is one optimiser step (False: a forward pass, an evaluation, a search)
+    pool: str | None = None  # neighbouring items of one pool go to the executor together
 
     def __post_init__(self):
         check_int("runs", self.runs, low=1)
@@ -66,6 +82,8 @@ class Work:
             raise ValueError(f"step={self.step!r} is not allowed; expected a callable that performs one step")
         if self.side_by_side is not None:
             check_int("side_by_side", self.side_by_side, low=1)
+        if self.pool is not None and not isinstance(self.pool, str):
+            raise ValueError(f"pool={self.pool!r} is not allowed; expected a name or None")
 
 
 @dataclass(frozen=True)
@@ -86,30 +104,41 @@ class _OperationCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def step_cost(step: Callable[[], object], *, timed: bool = True, repeats: int = 3) -> StepCost:
-    """Count one ``step()``'s operations and FLOPs (after one warm-up call, which creates what a first step
-    creates, such as the optimiser's state) and, if ``timed``, time it on one core: the median of ``repeats``
-    more calls (otherwise ``cpu_seconds`` is nan). Each call is one more step of whatever state it changes."""
+def step_cost(
+    step: Callable[[], object], *, counted: bool = True, timed: bool = True, repeats: int = 3
+) -> StepCost:
+    """One ``step()``'s cost. A first call warms up (it creates what a first step creates, such as the
+    optimiser's state); then, if ``counted``, one call counts the operations and FLOPs (otherwise both are 0),
+    and, if ``timed``, the median of ``repeats`` calls gives the seconds on one core (one call where the warm-up
+    took over a second; otherwise ``cpu_seconds`` is nan). Each call is one more step of the state it changes."""
     if not callable(step):
         raise ValueError(f"step={step!r} is not allowed; expected a callable")
     check_int("repeats", repeats, low=1)
+    operations = flops = 0
+    times = []
     with torch_threads(1):
+        start = time.perf_counter()
         step()
-        counter, flops = _OperationCounter(), FlopCounterMode(display=False)
-        with counter, flops:
-            step()
-        times = []
+        if time.perf_counter() - start > 1.0:
+            repeats = 1
+        if counted:
+            counter, counting = _OperationCounter(), FlopCounterMode(display=False, custom_mapping=EXTRA_FLOPS)
+            with counter, counting:
+                step()
+            operations, flops = counter.operations, counting.get_total_flops()
         for _ in range(repeats if timed else 0):
             start = time.perf_counter()
             step()
             times.append(time.perf_counter() - start)
     seconds = sorted(times)[len(times) // 2] if times else math.nan
-    return StepCost(counter.operations, flops.get_total_flops(), seconds)
+    return StepCost(operations, flops, seconds)
 
 
 def work_cost(work: Work, machine: Machine | None = None) -> StepCost:
-    """:func:`step_cost` of ``work``'s step, timed only where it runs on CPU cores of ``machine``."""
-    return step_cost(work.step, timed=work.on == "cpu" or (machine is not None and not machine.gpu))
+    """:func:`step_cost` of ``work``'s step: counted where it runs on the GPU of ``machine`` (default: the
+    full-mode machine), timed where it runs on CPU cores."""
+    on_gpu = work.on == "gpu" and (machine or Machine()).gpu
+    return step_cost(work.step, counted=on_gpu, timed=not on_gpu)
 
 
 def training_step(
@@ -146,6 +175,14 @@ def forward_step(model: nn.Module, batch: Callable[[], tuple[torch.Tensor, ...]]
     return step
 
 
+def on_gpu_path(model: nn.Module) -> nn.Module:
+    """``model`` with every MoE layer pinned to the execution path ``"auto"`` takes on a GPU: counted on a CPU,
+    ``"auto"`` would take the CPU's (for token choice a loop over the experts, one product each)."""
+    for layer in moe_layers(model):
+        layer.config = replace(layer.config, implementation=layer.config.resolved_implementation)
+    return model
+
+
 @dataclass(frozen=True)
 class Machine:
     """The full-mode machine and the prices of its work, each a (cheap, dear) pair. ``gpu=False``: a machine
@@ -175,55 +212,89 @@ class Machine:
 
 @dataclass(frozen=True)
 class WorkPlan:
-    work: Work
-    cost: StepCost
+    """The price of some work on a lane; each figure a (cheap, dear) pair of seconds."""
+
+    works: tuple[Work, ...]
+    costs: tuple[StepCost, ...]
     seconds: tuple[float, float]  # wall time on the lane
     gpu_seconds: tuple[float, float]  # time the GPU is busy
     core_seconds: tuple[float, float]  # time the cores are busy
 
 
-def price(work: Work, cost: StepCost, machine: Machine, cores: int) -> WorkPlan:
-    """Wall, GPU and core seconds of ``work`` on a lane of ``cores`` cores of ``machine``."""
+def step_seconds(work: Work, cost: StepCost, machine: Machine, end: int) -> tuple[float, float]:
+    """One step's seconds at the ``end`` (0 cheap, 1 dear) of the prices: on its core, and on the GPU."""
+    if work.on == "gpu" and machine.gpu:
+        host = cost.operations * machine.host_per_op[end]
+        device = cost.operations * machine.kernel_floor[end] + cost.flops / machine.gpu_flops[end]
+        return (max(host, device) if end == 0 else host + device), device
+    return cost.cpu_seconds / machine.cpu_speed[end], 0.0
+
+
+def price(works: Sequence[Work], costs: Sequence[StepCost], machine: Machine, cores: int) -> WorkPlan:
+    """Wall, GPU and core seconds of ``works`` handed to the executor together, on a lane of ``cores`` cores.
+
+    The executor runs ``at_once`` runs side by side (one per core, at most ``runs_per_gpu`` on the GPU, at most
+    what ``side_by_side`` allows) and a worker takes the next run when it is free, which is simulated here; the
+    GPU's busy time is a floor on the wall time, since the runs on it share it.
+    """
     check_int("cores", cores, low=1)
-    on_gpu = work.on == "gpu" and machine.gpu
-    at_once = min(work.runs, cores, work.side_by_side or work.runs)
-    if on_gpu:
+    works, costs = tuple(works), tuple(costs)
+    if not works or len(works) != len(costs):
+        raise ValueError(f"works and costs are not allowed; expected as many costs ({len(costs)}) as works")
+    at_once = min(cores, sum(work.runs for work in works), *(w.side_by_side for w in works if w.side_by_side))
+    if any(work.on == "gpu" for work in works) and machine.gpu:
         at_once = min(at_once, machine.runs_per_gpu)
-    rounds = math.ceil(work.runs / at_once)
     seconds, gpu, busy = [], [], []
     for end in (0, 1):
-        if on_gpu:
-            host = cost.operations * machine.host_per_op[end]
-            device = cost.operations * machine.kernel_floor[end] + cost.flops / machine.gpu_flops[end]
-            per_step = max(host, device) if end == 0 else host + device
-            total_device = work.runs * work.steps * device
-            seconds.append(max(rounds * work.steps * per_step, total_device))
-            gpu.append(total_device)
-            busy.append(work.runs * work.steps * per_step)
-        else:
-            per_step = cost.cpu_seconds / machine.cpu_speed[end]
-            seconds.append(rounds * work.steps * per_step)
-            gpu.append(0.0)
-            busy.append(work.runs * work.steps * per_step)
-    return WorkPlan(work, cost, tuple(seconds), tuple(gpu), tuple(busy))
+        runs, device = [], 0.0
+        for work, cost in zip(works, costs, strict=True):
+            on_core, on_gpu = step_seconds(work, cost, machine, end)
+            runs += [work.steps * on_core] * work.runs
+            device += work.runs * work.steps * on_gpu
+        seconds.append(max(list_schedule(runs, at_once), device))
+        gpu.append(device)
+        busy.append(sum(runs))
+    return WorkPlan(works, costs, tuple(seconds), tuple(gpu), tuple(busy))
+
+
+def list_schedule(durations: Sequence[float], workers: int) -> float:
+    """When the last of ``durations`` ends, each started in order on the first of ``workers`` to be free."""
+    free = [0.0] * workers
+    for duration in durations:
+        worker = free.index(min(free))
+        free[worker] += duration
+    return max(free)
 
 
 @dataclass(frozen=True)
 class NotebookPlan:
     notebook: str
-    works: tuple[WorkPlan, ...]
+    works: tuple[WorkPlan, ...]  # one per pool (work handed to the executor together), in order
     seconds: tuple[float, float]
     gpu_seconds: tuple[float, float]
     core_seconds: tuple[float, float]
 
 
+def pools(works: Sequence[Work]) -> list[list[int]]:
+    """Indices of ``works`` grouped into what the executor gets together: neighbours with the same ``pool``."""
+    groups: list[list[int]] = []
+    for index, work in enumerate(works):
+        if groups and work.pool is not None and works[groups[-1][-1]].pool == work.pool:
+            groups[-1].append(index)
+        else:
+            groups.append([index])
+    return groups
+
+
 def notebook_plan(
     notebook: str, works: Sequence[Work], machine: Machine, cores: int | None = None, costs=None
 ) -> NotebookPlan:
-    """Price a notebook's work, one item after another, on a lane of ``cores`` (default: all the machine's)."""
+    """Price a notebook's work, one pool after another, on a lane of ``cores`` (default: all the machine's)."""
     cores = machine.cores if cores is None else cores
-    costs = costs if costs is not None else [work_cost(work, machine) for work in works]
-    plans = tuple(price(work, cost, machine, cores) for work, cost in zip(works, costs, strict=True))
+    costs = list(costs) if costs is not None else [work_cost(work, machine) for work in works]
+    plans = tuple(
+        price([works[i] for i in group], [costs[i] for i in group], machine, cores) for group in pools(works)
+    )
 
     def total(name, end):
         return sum(getattr(plan, name)[end] for plan in plans)

@@ -49,6 +49,9 @@ from efflab.validation import check_choice, check_int, check_seed
 NAME = "05_fine_grained_moe_scaling"
 PAPER_SAVING = {1e20: "about 20x", 1e25: "> 40x"}  # arXiv 2402.07871, section 6.3
 EXPONENTS = ("alpha", "beta", "gamma")
+PATH_CHECK_LAYER = MoEConfig(
+    d_model=64, d_ff=256, expansion=8, granularity=4
+)  # the layer whose paths are compared
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -373,7 +376,7 @@ def run_experiment(
         corpus = load_corpus() if corpus is None else corpus
         table_2 = reproduce_table_2()
         savings = {f: dense_flops_to_match(fg_compute_optimal(f).loss) / f for f in (1e20, 1e25)}
-        path_check = execution_path_check(MoEConfig(d_model=64, d_ff=256, expansion=8, granularity=4))
+        path_check = execution_path_check(PATH_CHECK_LAYER)
         grid = train_specs(
             run, corpus, budget, budget.specs(run.seed), progress=progress, description="granularity grid"
         )
