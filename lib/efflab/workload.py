@@ -35,6 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from efflab.models.moe import moe_layers
 from efflab.runtime import torch_threads
+from efflab.train import TrainConfig, make_optimizer
 from efflab.validation import check_choice, check_int, check_positive
 
 PLACES = ("gpu", "cpu")  # where a full-mode run's steps execute: the run's device, or CPU cores
@@ -148,16 +149,21 @@ def training_step(
     *,
     lr: float = 1e-3,
     weight_decay: float = 0.0,
+    grad_clip: float | None = None,
 ) -> Callable[[], float]:
-    """One optimiser step as the course's training loops take it: AdamW, zero_grad, forward and backward,
-    step, and the loss read back. ``loss(model, *batch())`` returns the scalar loss."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    """One optimiser step as :func:`efflab.train.fit` takes it: fused AdamW, the loss checked to be finite,
+    zero_grad, backward, the gradient clipped if ``grad_clip``, step. ``loss(model, *batch())`` is the loss."""
+    optimizer = make_optimizer(model, TrainConfig(steps=1, lr=lr, weight_decay=weight_decay))
 
     def step() -> float:
         model.train()
         value = loss(model, *batch())
+        if not torch.isfinite(value):
+            raise FloatingPointError(f"loss became {value.item()}")
         optimizer.zero_grad(set_to_none=True)
         value.backward()
+        if grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
         return value.item()
 
