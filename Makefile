@@ -3,6 +3,7 @@
 #   make test    ruff, unit tests and every notebook executed in quick mode
 #   make full    every notebook in full mode (meant for a GPU), results into data/results/
 #   make bench   throughput benchmarks (ratios measured in the same run)
+#   make plan    full mode's plan: every notebook's full budget counted and priced for one GPU machine
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -28,7 +29,7 @@ WHEEL_PLATFORM := --only-binary=:all: --implementation cp --python-version 3.12 
 RUNNER_PINS = $(shell grep -iE '^(papermill|nbclient|nbformat|ipykernel|ipywidgets|anywidget|plotly|pandas|numpy|scipy|scikit-learn|gymnasium|tqdm|safetensors|tokenizers)==' requirements.txt)
 TORCH_USER_PINS = $(shell grep -iE '^(stable-baselines3|torch-pruning)==' requirements.txt)
 
-.PHONY: setup lab test test-browser site full bench clean-notebooks wheelhouse
+.PHONY: setup lab test test-browser site full bench plan clean-notebooks wheelhouse
 
 setup: $(STAMP)
 
@@ -88,7 +89,11 @@ full: $(STAMP)
 	$(BIN)/python -m efflab.run_notebooks --mode full --device auto --jobs $(FULL_JOBS)
 
 bench: $(STAMP)
-	@for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+	@for script in $(filter-out benchmarks/full_mode_plan.py,$(wildcard benchmarks/*.py)); do \
+		echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+plan: $(STAMP)
+	$(BIN)/python benchmarks/full_mode_plan.py
 
 clean-notebooks: $(STAMP)
 	$(BIN)/python -m efflab.clean_notebooks notebooks/*.ipynb

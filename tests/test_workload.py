@@ -151,3 +151,16 @@ def test_bad_work_names_the_parameter(kwargs, name):
 def test_bad_machine_names_the_parameter(kwargs, name):
     with pytest.raises(ValueError, match=name):
         Machine(**kwargs)
+
+
+def test_the_course_plan_covers_every_notebook():
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("full_mode_plan", root / "benchmarks" / "full_mode_plan.py")
+    plan = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plan)
+    assert list(plan.COURSE) == sorted(path.stem for path in (root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    for budget, workload in plan.COURSE.values():
+        assert callable(budget.full) and workload.__name__ == "workload"

@@ -11,6 +11,9 @@ A paper's ``experiment.py`` defines
   ``committed`` is the summary of the committed full-mode run (:func:`committed_summary`) or None;
 * ``findings(summary)``: Markdown sentences that state what this run found, computed from the summary.
 
+Beside it, the package's ``workload.py`` defines ``workload(budget) -> list[efflab.workload.Work]``: the budget's
+work, counted for the full-mode plan.
+
 The notebook records ``result.summary()`` with :func:`efflab.results.record`; nothing is typed twice.
 """
 

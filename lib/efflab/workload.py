@@ -201,7 +201,7 @@ class Machine:
     kernel_floor: tuple[float, float] = (3e-6, 5e-6)  # s the GPU spends on the smallest kernel
     gpu_flops: tuple[float, float] = (150e12, 60e12)  # FLOP/s of small TF32 products on an H200 (peak ~495)
     cpu_speed: tuple[float, float] = (1.25, 0.8)  # a core there against one core here
-    notebook_overhead: tuple[float, float] = (15.0, 25.0)  # s: kernel start, imports, figures, tables
+    notebook_overhead: tuple[float, float] = (20.0, 35.0)  # s: kernel, imports, workers and CUDA start, figures
 
     def __post_init__(self):
         check_int("cores", self.cores, low=1)
