@@ -158,3 +158,15 @@ def test_an_unreachable_ray_cluster_names_its_address(monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "no-port-here")
     with pytest.raises(ValueError, match="host:port"):
         run_all(math.sqrt, [1.0], backend="ray", progress=False)
+
+
+def test_the_local_pool_runs_no_more_cuda_tasks_at_once_than_fit_on_the_gpus(monkeypatch):
+    sizes = []
+    monkeypatch.setattr(parallel, "free_cores", lambda: 16)
+    monkeypatch.setattr(parallel, "_run_processes", lambda f, tasks, bar, show, size: sizes.append(size) or [])
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    parallel.run_all(abs, list(range(20)), backend="processes", gpu_share=parallel.gpu_share_for("cuda"))
+    parallel.run_all(abs, list(range(20)), backend="processes")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    parallel.run_all(abs, list(range(20)), backend="processes", gpu_share=0.25)
+    assert sizes == [parallel.TASKS_PER_GPU, 16, 8]

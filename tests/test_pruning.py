@@ -10,6 +10,7 @@ from torch import nn
 from efflab.data.digits import infinite_batches, load_digits
 from efflab.finetune import FinetuneBudget, finetune
 from efflab.models.cnn import CNN, CNNConfig
+from efflab.parallel import gpu_share_for
 from efflab.pruning import experiment
 from efflab.pruning import pruners as pruning
 from efflab.pruning.pruners import (
@@ -23,7 +24,7 @@ from efflab.pruning.pruners import (
     make_schedule,
     one_shot_schedule,
 )
-from efflab.runtime import torch_threads
+from efflab.runtime import Run, torch_threads
 from efflab.train import TrainConfig, fit
 
 RATIOS = (0.0, 0.3, 0.5, 0.8, 0.9, 0.95, 0.98)
@@ -465,6 +466,56 @@ def test_processes_give_the_same_results_as_inline(result):
     pooled = experiment.run_all(experiment.prune_one, tasks, backend="processes", workers=2, progress=False)
     assert [o["row"] for o in inline] == [o["row"] for o in pooled]
     assert [o["steps"] for o in inline] == [o["steps"] for o in pooled]
+
+
+class Captured(Exception):
+    """Raised by the stand-in for run_all once it has seen the pruning tasks."""
+
+
+@pytest.mark.parametrize(("device", "share"), [("cpu", None), ("cuda", gpu_share_for("cuda"))])
+def test_every_task_carries_the_runs_device(monkeypatch, device, share):
+    """run_experiment hands each task the run's device, and on CUDA asks Ray for a share of a GPU per task."""
+    calls = []
+
+    def capture(function, tasks, **options):
+        calls.append((list(tasks), options["gpu_share"]))
+        if function is experiment.prune_one:
+            raise Captured
+        return [{"state": {}, "row": {}} for _ in tasks]
+
+    monkeypatch.setattr(experiment, "run_all", capture)
+    run = Run("quick", torch.device(device), 0, 1)  # a CUDA run needs no GPU to plan its tasks
+    with pytest.raises(Captured):
+        experiment.run_experiment(run, tiny_budget(), progress=False)
+    (dense, dense_share), (pruning, pruning_share) = calls
+    assert all(isinstance(t, experiment.DenseTask) for t in dense) and len(pruning) > len(dense)
+    assert {t.device for t in dense + pruning} == {device}
+    assert dense_share == pruning_share == share
+
+
+def test_what_the_tasks_return_is_on_the_cpu(result):
+    assert result.device == "cpu"
+    assert all(v.device.type == "cpu" for state in result.dense_states.values() for v in state.values())
+    models = list(result.structured_models.values())
+    assert models and all(p.device.type == "cpu" for m in models for p in m.parameters())
+    run = result.rerun(seed=0, granularity="structured", criterion="l2", regime="one-shot", ratio=0.5)
+    assert all(p.device.type == "cpu" for p in run.model.parameters())
+
+
+def test_digits_on_the_cpu_are_the_loaded_tensors(digits):
+    moved = experiment.load_digits_on(0, "cpu")
+    for name in ("train", "val", "test"):
+        assert torch.equal(getattr(moved, name).x, getattr(digits, name).x)
+        assert torch.equal(getattr(moved, name).y, getattr(digits, name).y)
+
+
+@pytest.mark.parametrize("device", ["gpu", "", None, 0, torch.device("cpu")])
+def test_a_task_refuses_a_device_that_is_no_torch_device_name(result, device):
+    task = experiment.build_tasks(result.budget, result.dense_states)[0]
+    with pytest.raises(ValueError, match="device"):
+        replace(task, device=device)
+    with pytest.raises(ValueError, match="device"):
+        experiment.DenseTask(0, result.budget.model_config(), 1, 1e-3, 8, device=device)
 
 
 def test_rerun_checks_its_inputs(result):

@@ -97,10 +97,11 @@ def test_torch_threads_restores_the_setting():
         assert torch.get_num_threads() == before
 
 
-def test_cuda_products_use_tensor_float_32_and_cpu_products_stay_float32():
+def test_cuda_products_use_tensor_float_32_deterministically_and_cpu_products_stay_float32():
     import efflab.runtime  # noqa: F401  (the setting is made on import)
 
     assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
     assert torch.backends.mkldnn.matmul.fp32_precision in ("none", "ieee")
     a, b = torch.randn(64, 64, dtype=torch.float64), torch.randn(64, 64, dtype=torch.float64)
     assert torch.allclose((a.float() @ b.float()).double(), a @ b, atol=1e-4)

@@ -103,7 +103,8 @@ def run_all(
     """``[function(task) for task in tasks]``, run side by side; results in task order.
 
     ``workers`` caps the pool (default: one per free core); ``progress`` shows a bar over tasks (default: on in
-    a notebook, off under CI); ``gpu_share`` is the fraction of a GPU one Ray task asks for (CUDA tasks only).
+    a notebook, off under CI); ``gpu_share`` is the fraction of a GPU one task takes (CUDA tasks only): Ray
+    reserves it, and the local pool runs no more tasks at once than fit on this machine's GPUs.
     """
     from efflab.train import progress_enabled
 
@@ -122,6 +123,8 @@ def run_all(
         return []
     show = progress_enabled(progress)
     pool_size = min(len(tasks), free_cores() if workers is None else workers)
+    if gpu_share is not None:
+        pool_size = min(pool_size, max(1, int(torch.cuda.device_count() / gpu_share + 1e-9)))
     if backend == "processes" and pool_size == 1:
         backend = "inline"
     with tqdm(total=len(tasks), desc=description, disable=not show, unit="run") as bar:

@@ -25,11 +25,14 @@ from efflab.validation import check_choice, check_int, check_seed
 MODES = ("auto", "quick", "full")
 DEVICES = ("auto", "cpu", "cuda")
 
+# Set on import, so that every worker process of the executor does the same; CPU results are unchanged.
 # On a CUDA GPU, float32 matrix products run on the tensor cores as TensorFloat-32 (float32's range, a 10-bit
 # mantissa), which PyTorch recommends for training and which makes full mode's larger products several times
-# faster. It is set on import, so that every worker process of the executor does the same; CPU results are
-# unchanged (their setting is another one).
+# faster; and cuDNN picks deterministic convolution algorithms, so that the same seed gives the same network
+# (notebook 01 re-runs a pruning run live and checks that it matches the stored one).
 torch.backends.cuda.matmul.fp32_precision = "tf32"
+torch.backends.cudnn.deterministic = True
+torch.backends.cudnn.benchmark = False
 
 
 def seed_everything(seed: int) -> None:

@@ -12,9 +12,14 @@ studies that the paper's claims need:
 * **the damage alone**: accuracy right after masking, with no fine-tuning, per criterion.
 
 Every independent run (a seed's dense training, every pruning run) is a task of :func:`efflab.parallel.run_all`:
-a frozen dataclass carrying its seed, its configuration and the dense state dict it starts from, so the result is
-the same on every backend. Seeds change both the data split and the initialisation, so the spread between them
-is the honest noise of the whole pipeline.
+a frozen dataclass carrying its seed, its configuration, the dense state dict it starts from and the device it
+trains on, so the result is the same on every backend. Seeds change both the data split and the initialisation,
+so the spread between them is the honest noise of the whole pipeline.
+
+Where things run: every training, pruning run and scoring runs on the run's device, with the model, the batches
+and the three splits all there. In full mode on a GPU machine that is CUDA, where an optimiser step of the
+full-mode CNN takes well under a millisecond against about 17 ms on a CPU core. What a task returns is on the
+CPU; the latency of the structured models is measured there, one thread, on purpose (:func:`structured_costs`).
 
 The contract (see :mod:`efflab.experiment`): :class:`PruningBudget` (``quick()``, ``full()``),
 :func:`run_experiment` returns a :class:`PruningResult` whose :meth:`~PruningResult.summary` holds every headline
@@ -31,12 +36,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from efflab.data.digits import Digits, infinite_batches, load_digits
+from efflab.data.digits import SPLIT_NAMES, Digits, Split, infinite_batches, load_digits
 from efflab.experiment import Budget, committed_device, paper_table, seeds_for, spread
 from efflab.finetune import FinetuneBudget
 from efflab.flops import count_parameters, module_forward_flops
 from efflab.models.cnn import CNN, CNNConfig
-from efflab.parallel import run_all
+from efflab.parallel import gpu_share_for, run_all
 from efflab.pruning.pruners import (
     CRITERIA,
     GRANULARITIES,
@@ -175,8 +180,9 @@ class PruningBudget(Budget):
 
     @classmethod
     def full(cls) -> PruningBudget:
-        """For one GPU: a deeper, wider CNN (about 226k parameters), 4 seeds, a grid reaching 0.99, four times
-        the fine-tuning budget, patience {3, 10} on every schedule at four ratios."""
+        """For a GPU machine, where every run trains on the GPU, several side by side: a deeper, wider CNN (about
+        226k parameters), 4 seeds, a grid reaching 0.99, four times the fine-tuning budget, patience {3, 10} on
+        every schedule at four ratios."""
         return cls(
             widths=(32, 64, 128),
             hidden=256,
@@ -243,21 +249,42 @@ def _state(model: torch.nn.Module) -> dict:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
-def _model_from(config: CNNConfig, state: dict) -> CNN:
+def _model_from(config: CNNConfig, state: dict, device: str = "cpu") -> CNN:
     model = CNN(config)
     model.load_state_dict(state)
-    return model
+    return model.to(device)
+
+
+def load_digits_on(seed: int, device: str) -> Digits:
+    """The digits split by ``seed`` (:func:`efflab.data.digits.load_digits`), every image and label on ``device``:
+    batches are then cut where the model is, and every scoring reads tensors already in place. On the CPU these
+    are the very tensors ``load_digits`` returns."""
+    data = load_digits(seed)
+    splits = {name: getattr(data, name) for name in SPLIT_NAMES}
+    return replace(data, **{name: Split(x=s.x.to(device), y=s.y.to(device)) for name, s in splits.items()})
+
+
+def check_device(device) -> None:
+    """A task's device is the name of a torch device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``."""
+    if isinstance(device, str):
+        try:
+            torch.device(device)
+            return
+        except RuntimeError:
+            pass
+    raise ValueError(f"device={device!r} is not allowed; expected a torch device such as 'cpu' or 'cuda'")
 
 
 @dataclass(frozen=True)
 class DenseTask:
-    """Train the dense baseline of one seed (the data split comes from the same seed)."""
+    """Train the dense baseline of one seed (the data split comes from the same seed) on ``device``."""
 
     seed: int
     model: CNNConfig
     epochs: int
     lr: float
     batch_size: int
+    device: str = "cpu"
 
     def __post_init__(self):
         check_seed(self.seed)
@@ -265,6 +292,7 @@ class DenseTask:
         check_int("epochs", self.epochs, low=1)
         check_positive("lr", self.lr)
         check_int("batch_size", self.batch_size, low=1)
+        check_device(self.device)
 
 
 def _check_model(model) -> None:
@@ -273,10 +301,12 @@ def _check_model(model) -> None:
 
 
 def train_dense(task: DenseTask) -> dict:
-    """The dense model's state dict and its test accuracy, parameters and FLOPs."""
+    """The dense model's state dict (on the CPU) and its test accuracy, parameters and FLOPs.
+
+    The weights are drawn on the CPU, so a seed starts from the same network on every device."""
     seed_everything(task.seed)
-    data = load_digits(task.seed)
-    model = CNN(task.model)
+    data = load_digits_on(task.seed, task.device)
+    model = CNN(task.model).to(task.device)
     batch_size = min(task.batch_size, len(data.train))
     steps = task.epochs * max(1, len(data.train) // batch_size)
     config = TrainConfig(steps=steps, lr=task.lr, warmup_steps=min(20, steps), weight_decay=1e-4)
@@ -298,7 +328,8 @@ class PruneTask:
     """One pruning run: a configuration for one seed, starting from that seed's dense state dict.
 
     ``kind`` is ``"main"`` (the matched budget), ``"budget"`` (the budget study, with its own ``epochs``) or
-    ``"patience"`` (a patience run, followed in the same task by its equal-compute twin).
+    ``"patience"`` (a patience run, followed in the same task by its equal-compute twin). The run trains on
+    ``device``; what it returns is on the CPU.
     """
 
     seed: int
@@ -315,6 +346,7 @@ class PruneTask:
     model: CNNConfig
     dense_state: dict = field(repr=False, compare=False)
     keep_model: bool = False
+    device: str = "cpu"
 
     def __post_init__(self):
         check_seed(self.seed)
@@ -336,6 +368,7 @@ class PruneTask:
         if not isinstance(self.finetune, FinetuneBudget):
             raise ValueError(f"finetune={self.finetune!r} is not allowed; expected a FinetuneBudget")
         _check_model(self.model)
+        check_device(self.device)
 
     @property
     def cost(self) -> float:
@@ -369,9 +402,10 @@ def _row(key: dict, run) -> dict:
 
 
 def _prune(task: PruneTask, data: Digits, *, epochs: float, patience: int | None, on_epoch=None):
+    """One pruning run on ``task.device`` (where ``data`` must be too); the pruned model comes back on the CPU."""
     schedule = make_schedule(task.regime, task.ratio, steps=task.steps, hybrid_start=task.hybrid_start)
-    return prune_and_finetune(
-        _model_from(task.model, task.dense_state),
+    run = prune_and_finetune(
+        _model_from(task.model, task.dense_state, task.device),
         data,
         schedule,
         granularity=task.granularity,
@@ -381,12 +415,14 @@ def _prune(task: PruneTask, data: Digits, *, epochs: float, patience: int | None
         seed=task.seed,
         on_epoch=on_epoch,
     )
+    run.model = run.model.cpu()
+    return run
 
 
 def prune_one(task: PruneTask) -> dict:
     """Run one task; return its table rows (and the pruned model when the task keeps it)."""
     seed_everything(task.seed)
-    data = load_digits(task.seed)
+    data = load_digits_on(task.seed, task.device)
     run = _prune(task, data, epochs=task.epochs, patience=task.patience)
     key = _key(task, task.patience)
     out = {
@@ -425,7 +461,8 @@ class PruningResult:
     * ``steps``: one row per pruning step of every run (fixed and patience); ``layers``: final per-layer sparsity;
     * ``budget``: the budget study at ``budget.budget_ratio`` (its own runs and the main runs there);
     * ``damage``: accuracy without fine-tuning per criterion and ratio (first seed);
-    * ``dense``: the baseline of every seed; ``costs``: parameters, FLOPs and latency of the structured models.
+    * ``dense``: the baseline of every seed; ``costs``: parameters, FLOPs and latency of the structured models;
+    * ``device``: where the runs trained (a live re-run trains there too).
     """
 
     budget: PruningBudget
@@ -441,6 +478,7 @@ class PruningResult:
     dense_states: dict = field(repr=False)
     structured_models: dict = field(repr=False)
     seconds: float = 0.0
+    device: str = "cpu"
 
     def dense_model(self, seed: int) -> CNN:
         if seed not in self.dense_states:
@@ -460,7 +498,8 @@ class PruningResult:
     ):
         """Prune the dense model of ``seed`` along one configuration, live (for the playground's button).
 
-        The same function, thread count and seeding as the sweep's tasks, so the same seed gives the same numbers.
+        The same function, device, thread count and seeding as the sweep's tasks, so the same seed gives the same
+        numbers. The returned run's model is on the CPU.
         """
         self.dense_model(seed)  # checks the seed
         check_choice("granularity", granularity, GRANULARITIES)
@@ -472,7 +511,8 @@ class PruningResult:
         task = self._task(seed, dict(granularity=granularity, criterion=criterion, regime=regime, ratio=ratio))
         with torch_threads(1):  # as every task runs: one thread, seeded from the task
             seed_everything(task.seed)
-            return _prune(task, load_digits(seed), epochs=task.epochs, patience=patience, on_epoch=on_epoch)
+            data = load_digits_on(seed, task.device)
+            return _prune(task, data, epochs=task.epochs, patience=patience, on_epoch=on_epoch)
 
     def expected_epochs(self, patience: int | None) -> float:
         """The most epochs a run may spend: the budget, or the patience cap (for a progress bar)."""
@@ -481,7 +521,7 @@ class PruningResult:
         return float(self.budget.steps * self.budget.finetune.max_epochs_per_step)
 
     def _task(self, seed: int, config: dict, **changes) -> PruneTask:
-        return _make_task(self.budget, seed, self.dense_states[seed], config, **changes)
+        return _make_task(self.budget, seed, self.dense_states[seed], config, device=self.device, **changes)
 
     def summary(self) -> dict:
         """The headline numbers, as plain values (what the notebook records, quotes and compares)."""
@@ -505,9 +545,10 @@ def _make_task(budget: PruningBudget, seed: int, state: dict, config: dict, **ch
     return PruneTask(**values)
 
 
-def build_tasks(budget: PruningBudget, dense_states: dict) -> list[PruneTask]:
-    """Every pruning task of the experiment. Hybrid at a ratio no higher than its start *is* one-shot, and the
-    budget study's runs at the main budget are main runs: both are copied later, not run twice."""
+def build_tasks(budget: PruningBudget, dense_states: dict, device: str = "cpu") -> list[PruneTask]:
+    """Every pruning task of the experiment, each to train on ``device``. Hybrid at a ratio no higher than its
+    start *is* one-shot, and the budget study's runs at the main budget are main runs: both are copied later, not
+    run twice."""
     seeds = list(dense_states)
     reference = dict(granularity="structured", criterion=dict(budget.main_criteria).get("structured"))
     tasks = []
@@ -521,7 +562,7 @@ def build_tasks(budget: PruningBudget, dense_states: dict) -> list[PruneTask]:
                 and config["regime"] == "one-shot"
                 and all(config[k] == v for k, v in reference.items())
             )
-            tasks.append(_make_task(budget, seed, state, config, keep_model=keep))
+            tasks.append(_make_task(budget, seed, state, config, keep_model=keep, device=device))
         criterion = dict(budget.main_criteria)["unstructured"]
         for regime in budget.budget_regimes:
             for epochs in budget.budget_epochs:
@@ -530,42 +571,49 @@ def build_tasks(budget: PruningBudget, dense_states: dict) -> list[PruneTask]:
                 config = dict(
                     granularity="unstructured", criterion=criterion, regime=regime, ratio=budget.budget_ratio
                 )
-                tasks.append(_make_task(budget, seed, state, config, kind="budget", epochs=float(epochs)))
+                tasks.append(
+                    _make_task(budget, seed, state, config, kind="budget", epochs=float(epochs), device=device)
+                )
         for config in budget.patience_configurations():
-            tasks.append(_make_task(budget, seed, state, config, kind="patience"))
+            tasks.append(_make_task(budget, seed, state, config, kind="patience", device=device))
     return tasks
 
 
 def run_experiment(run: Run, budget: PruningBudget, *, progress: bool | None = None) -> PruningResult:
     """Train ``budget.seeds`` dense baselines and prune each every way; see the module docstring.
 
-    Every run goes through :func:`efflab.parallel.run_all` and works on the CPU (the models are tiny; a GPU run
-    of the full budget uses the same code).
+    Every run goes through :func:`efflab.parallel.run_all` and trains on ``run.device``, as do the accuracies
+    right after masking; on Ray each task asks for a share of a GPU when that device is CUDA. Only the latency of
+    the structured models is measured on the CPU.
     """
     if not isinstance(run, Run):
         raise ValueError(f"run={run!r} is not allowed; expected the Run returned by efflab.setup")
     if not isinstance(budget, PruningBudget):
         raise ValueError(f"budget={budget!r} is not allowed; expected a PruningBudget")
     seeds = seeds_for(run.seed, budget.seeds)
+    device = str(run.device)
+    share = gpu_share_for(device)
     with Timer() as timer:
+        config, batch_size = budget.model_config(), budget.finetune.batch_size
         dense_tasks = [
-            DenseTask(s, budget.model_config(), budget.dense_epochs, budget.dense_lr, budget.finetune.batch_size)
-            for s in seeds
+            DenseTask(s, config, budget.dense_epochs, budget.dense_lr, batch_size, device=device) for s in seeds
         ]
-        dense = run_all(train_dense, dense_tasks, description="dense models", progress=progress)
+        dense = run_all(train_dense, dense_tasks, description="dense models", progress=progress, gpu_share=share)
         states = {s: d["state"] for s, d in zip(seeds, dense, strict=True)}
-        tasks = build_tasks(budget, states)
+        tasks = build_tasks(budget, states, device)
         order = sorted(range(len(tasks)), key=lambda i: -tasks[i].cost)  # longest first: no long tail at the end
-        done = run_all(prune_one, [tasks[i] for i in order], description="pruning runs", progress=progress)
+        done = run_all(
+            prune_one, [tasks[i] for i in order], description="pruning runs", progress=progress, gpu_share=share
+        )
         outputs = [None] * len(tasks)
         for index, output in zip(order, done, strict=True):
             outputs[index] = output
-        result = _assemble(budget, seeds, states, [d["row"] for d in dense], tasks, outputs)
+        result = _assemble(budget, seeds, states, [d["row"] for d in dense], tasks, outputs, device)
     result.seconds = timer.seconds
     return result
 
 
-def _assemble(budget, seeds, states, dense_rows, tasks, outputs) -> PruningResult:
+def _assemble(budget, seeds, states, dense_rows, tasks, outputs, device) -> PruningResult:
     main = [o for o in outputs if o["kind"] == "main"]
     runs = _add_hybrid_copies(pd.DataFrame([o["row"] for o in main]), budget)
     patience = pd.DataFrame([o["row"] for o in outputs if o["kind"] == "patience"])
@@ -575,8 +623,8 @@ def _assemble(budget, seeds, states, dense_rows, tasks, outputs) -> PruningResul
     extra = pd.DataFrame([o["row"] for o in outputs if o["kind"] == "budget"])
     structured = {t.ratio: o["model"] for t, o in zip(tasks, outputs, strict=True) if t.keep_model}
     first = seeds[0]
-    dense_model = _model_from(budget.model_config(), states[first])
-    data = load_digits(first)
+    dense_model = _model_from(budget.model_config(), states[first], device)
+    data = load_digits_on(first, device)
     damage = pd.concat(
         [
             accuracy_without_finetuning(dense_model, data, budget.unstructured_ratios, criterion=c, seed=first)
@@ -598,6 +646,7 @@ def _assemble(budget, seeds, states, dense_rows, tasks, outputs) -> PruningResul
         costs=costs,
         dense_states=states,
         structured_models=structured,
+        device=device,
     )
 
 

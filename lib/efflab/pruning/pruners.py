@@ -567,6 +567,8 @@ def prune_and_finetune(
     ``patience`` epochs without a gain in validation accuracy, or ``budget.max_epochs_per_step``) and ``epochs``
     says what the run cost.
     Test accuracy is measured after every step, on a split that neither training nor checkpointing saw.
+    Everything runs on ``trained``'s device: the batches, the scored chunks and the example inputs are moved
+    there (a no-op when ``data`` already is), and the returned model stays there.
     """
     budget = FinetuneBudget() if budget is None else budget
     if not isinstance(budget, FinetuneBudget):

@@ -28,8 +28,8 @@ KINDS = {"main": "matched-budget runs", "budget": "budget-study runs", "patience
 
 def workload(budget: PruningBudget) -> list[Work]:
     """The dense CNNs; every pruning run's fine-tuning and its passes over the validation and test splits; the
-    damage study; the latency timing of the structured models. All of it runs on CPU cores, one run per core,
-    in full mode too: the experiment never moves a model to the run's device.
+    damage study; the latency timing of the structured models. All but the timing runs on the run's device (the
+    GPU in full mode, several runs sharing it); the timing is on a CPU core, one thread, on purpose.
 
     The pruning runs are one pool, in the order the experiment hands them to the executor (the costliest
     first), grouped by kind, granularity, pruning steps and budget. Three counts are upper bounds: a patience
@@ -49,9 +49,7 @@ def workload(budget: PruningBudget) -> list[Work]:
     batch = min(budget.finetune.batch_size, len(data.train))  # the dense training's and every fine-tuning's
     dense_steps = budget.dense_epochs * max(1, len(data.train) // batch)
     dense = TrainConfig(steps=dense_steps, lr=budget.dense_lr, weight_decay=1e-4)
-    works = [
-        Work("dense CNNs", budget.seeds, dense_steps, _training_step(CNN(config), data, batch, dense), on="cpu")
-    ]
+    works = [Work("dense CNNs", budget.seeds, dense_steps, _training_step(CNN(config), data, batch, dense))]
     finetune = TrainConfig(
         steps=1, lr=budget.finetune.lr, weight_decay=budget.finetune.weight_decay, grad_clip=None
     )
@@ -62,12 +60,12 @@ def workload(budget: PruningBudget) -> list[Work]:
         model, pool = pruned[granularity], "pruning runs"
         if steps:
             step = _training_step(model, data, batch, finetune)
-            works.append(Work(f"{what}: fine-tuning{bound}", runs, steps, step, on="cpu", pool=pool))
+            works.append(Work(f"{what}: fine-tuning{bound}", runs, steps, step, pool=pool))
         step = _test_pass(model, data)
-        works.append(Work(f"{what}: scoring{bound}", runs, passes, step, on="cpu", trains=False, pool=pool))
+        works.append(Work(f"{what}: scoring{bound}", runs, passes, step, trains=False, pool=pool))
 
     damage = len(UNSTRUCTURED_CRITERIA) * len(budget.unstructured_ratios)
-    works.append(Work("accuracy right after masking", 1, damage, _test_pass(masked, data), on="cpu", trains=False))
+    works.append(Work("accuracy right after masking", 1, damage, _test_pass(masked, data), trains=False))
     inputs = data.test.x[torch.arange(budget.latency_batch) % len(data.test)]
     timed = [CNN(config)]
     for task in tasks:
