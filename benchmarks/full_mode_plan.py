@@ -17,7 +17,10 @@ Not a test: the counts are exact for the budgets, the prices are assumptions (pr
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import time
+from pathlib import Path
 
 from efflab.dense_to_moe import experiment as e09
 from efflab.dense_to_moe import workload as w09
@@ -42,7 +45,7 @@ from efflab.relative_lr import workload as w08
 from efflab.shapley import experiment as e02
 from efflab.shapley import workload as w02
 from efflab.timing import cpu_unit_seconds
-from efflab.workload import Machine, course_plan, work_cost
+from efflab.workload import Machine, StepCost, course_plan, work_cost
 
 COURSE = {  # notebook: its budget and the list of its work
     e00.NAME: (e00.ByteLMBudget, w00.workload),
@@ -69,6 +72,12 @@ def main(argv=None) -> None:
     parser.add_argument("--only", help="notebook prefixes, e.g. 03,08")
     parser.add_argument("--jobs", default="1,2,3,4", help="lane counts to lay the course on")
     parser.add_argument("--quick", action="store_true", help="the quick budgets on two CPU cores")
+    parser.add_argument(
+        "--counts",
+        type=Path,
+        help="a JSON file of step costs: items found there (same notebook, name, runs, steps and place) are not "
+        "counted again, the others are counted and written back; stale once a step's shapes change",
+    )
     args = parser.parse_args(argv)
     machine = Machine(cores=2, gpu=False) if args.quick else Machine()
     prefixes = [p for p in (args.only or "").split(",") if p]
@@ -76,26 +85,55 @@ def main(argv=None) -> None:
     unit = cpu_unit_seconds()
     print(f"machine: {machine}")
     print(f"one CPU unit here: {unit:.2f} s (CPU-core prices scale with it)\n")
+    known = json.loads(args.counts.read_text()) if args.counts and args.counts.exists() else {}
     works, costs = {}, {}
     for name, (budget_class, workload) in chosen.items():
         start = time.perf_counter()
         budget = budget_class.quick() if args.quick else budget_class.full()
         works[name] = workload(budget)
-        costs[name] = [work_cost(work, machine) for work in works[name]]
+        costs[name] = []
+        for work in works[name]:
+            key = f"{'quick' if args.quick else 'full'}|{name}|{work.what}|{work.runs}|{work.steps}|{work.on}"
+            cost = StepCost(**known[key]) if key in known else work_cost(work, machine)
+            known[key] = dataclasses.asdict(cost)
+            costs[name].append(cost)
         print(f"{name}: counted in {time.perf_counter() - start:.1f} s")
-    for jobs in [int(j) for j in args.jobs.split(",")]:
-        if jobs > machine.cores:
-            continue
-        plan = course_plan(works, machine, jobs=jobs, costs=costs)
-        if jobs == 1:
-            report_notebooks(plan)
+    if args.counts:
+        args.counts.write_text(json.dumps(known, indent=1))
+    alone = course_plan(works, machine, jobs=1, costs=costs)
+    report_notebooks(alone)
+    report_table(alone)
+    longest_first = sorted(
+        works, key=lambda name: -next(p.seconds[1] for p in alone.notebooks if p.notebook == name)
+    )
+    best = None
+    for jobs in [int(j) for j in args.jobs.split(",") if int(j) <= machine.cores]:
+        for order, names in (("teaching order", list(works)), ("longest first", longest_first)):
+            plan = course_plan({name: works[name] for name in names}, machine, jobs=jobs, costs=costs)
+            print(
+                f"\n{jobs} lane(s) of {machine.cores // jobs} cores, {order}: course {span(plan.seconds)}"
+                f" ({span(tuple(s / 60 for s in plan.seconds), 'min')}); GPU busy {span(plan.gpu_seconds)},"
+                f" cores busy {span(tuple(c / machine.cores for c in plan.core_seconds))} of {machine.cores}"
+            )
+            for lane, lane_names, seconds in zip(range(jobs), plan.lanes, plan.lane_seconds, strict=True):
+                print(f"  lane {lane}: {span(seconds)}: {', '.join(n[:2] for n in lane_names)}")
+            if best is None or plan.seconds[1] < best[0].seconds[1]:
+                best = plan, names
+    plan, names = best
+    print(
+        f"\nfastest by the dear end, {span(plan.seconds)}: python -m efflab.run_notebooks --mode full"
+        f" --device cuda --jobs {plan.jobs} --only {','.join(name[:2] for name in names)}"
+    )
+
+
+def report_table(plan) -> None:
+    """The plan as a Markdown table, one row per notebook."""
+    print("\n| notebook | alone on the machine | GPU busy | cores busy (core-seconds) |\n|---|---:|---:|---:|")
+    for notebook in plan.notebooks:
         print(
-            f"\n{jobs} lane(s) of {machine.cores // jobs} cores: course {span(plan.seconds)}"
-            f" ({span(tuple(s / 60 for s in plan.seconds), 'min')}); GPU busy {span(plan.gpu_seconds)},"
-            f" cores busy {span(tuple(c / machine.cores for c in plan.core_seconds))} of {machine.cores}"
+            f"| {notebook.notebook[:2]} | {span(notebook.seconds)} | {span(notebook.gpu_seconds)} |"
+            f" {span(notebook.core_seconds, '')} |"
         )
-        for lane, names, seconds in zip(range(jobs), plan.lanes, plan.lane_seconds, strict=True):
-            print(f"  lane {lane}: {span(seconds)}: {', '.join(n[:2] for n in names)}")
 
 
 def report_notebooks(plan) -> None:

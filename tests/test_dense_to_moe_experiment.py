@@ -1,8 +1,43 @@
 import dataclasses
 
 import pytest
+import torch
 
-from efflab.dense_to_moe.experiment import DenseToMoEBudget, findings, minilm_saving, paper_rows
+from efflab.dense_to_moe import experiment
+from efflab.dense_to_moe.experiment import (
+    ConversionTask,
+    DenseTask,
+    DenseToMoEBudget,
+    MiniLMTask,
+    findings,
+    minilm_saving,
+    paper_rows,
+    run_experiment,
+    run_task,
+)
+from efflab.parallel import gpu_share_for
+from efflab.runtime import Run
+
+# A ViT small enough to train, fine-tune and convert in well under a second.
+TINY = dataclasses.replace(
+    DenseToMoEBudget.quick(),
+    seeds=1,
+    d_model=8,
+    n_heads=2,
+    n_layers=1,
+    d_ff=16,
+    train_steps=3,
+    batch_size=32,
+    finetune_steps=2,
+    n_experts=4,
+    large_experts=2,
+    router_steps=2,
+    router_width=4,
+    cluster_iterations=1,
+    taus=(0.0, 0.5, 0.9, 1.0),
+    timing_taus=(0.5,),
+    timing_repeats=1,
+)
 
 
 def test_quick_and_full_budgets_are_valid_and_differ():
@@ -78,3 +113,50 @@ def test_minilm_saving_reads_the_cosine_threshold():
     points = [{"relative_flops": 0.3, "cosine": 0.9}, {"relative_flops": 0.6, "cosine": 0.96}]
     assert minilm_saving(points, 0.95) == pytest.approx(0.4)
     assert minilm_saving(points, 0.99) == 0.0
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_every_task_runs_on_the_runs_device_and_may_see_the_gpu(monkeypatch):
+    calls = []
+
+    def fake_run_all(function, tasks, *, gpu_share=None, **_):
+        calls.append((tasks, gpu_share))
+        if len(calls) == 2:  # the conversion tasks: seen, nothing more to check
+            raise _Stop
+        return [{"seed": task.seed, "state": {}, "accuracy": 1.0} for task in tasks]
+
+    monkeypatch.setattr(experiment, "run_all", fake_run_all)
+    run = Run("full", torch.device("cuda"), 0, 1)  # a CUDA run, described only: no task is executed
+    with pytest.raises(_Stop):
+        run_experiment(run, TINY, progress=False)
+    (first, first_share), (conversions, conversion_share) = calls
+    assert [type(task) for task in first] == [MiniLMTask, DenseTask]
+    assert len(conversions) == len(TINY.conversions()) and all(isinstance(t, ConversionTask) for t in conversions)
+    assert {task.device for task in first + conversions} == {"cuda"}
+    assert first_share == conversion_share == gpu_share_for("cuda") is not None
+
+
+@pytest.mark.parametrize("device", ["gpu", "meta", "cuda:x", torch.device("cpu"), None])
+def test_a_task_refuses_a_device_it_cannot_run_on(device):
+    with pytest.raises(ValueError, match="device="):
+        DenseTask(0, TINY, device=device)
+    with pytest.raises(ValueError, match="device="):
+        ConversionTask(0, None, (), TINY, {}, device=device)
+    with pytest.raises(ValueError, match="device="):
+        MiniLMTask(0, TINY, device=device)
+
+
+def test_tasks_on_the_cpu_hand_back_cpu_tensors(monkeypatch):
+    monkeypatch.setattr(experiment, "cached", lambda _name, _key, build: build())
+    dense = run_task(DenseTask(0, TINY, device="cpu"))
+    assert {value.device.type for value in dense["state"].values()} == {"cpu"}
+    variants = dict(TINY.conversions())[TINY.main_weight]  # fine-tuned, then converted at two expert counts
+    entries = run_task(ConversionTask(0, TINY.main_weight, variants, TINY, dense["state"], device="cpu"))
+    assert [entry["variant"] for entry in entries] == [name for name, _ in variants]
+    for entry in entries:
+        assert {p.device.type for p in entry["model"].state_dict().values()} == {"cpu"}
+        assert all(p["k"].device.type == "cpu" for p in entry["curves"]["dynamic_k"])
+        assert isinstance(entry["sparse_accuracy"], float)

@@ -40,11 +40,17 @@ def folder(tmp_path):
     return notebooks
 
 
-def test_select_notebooks_by_prefix(folder):
+def test_select_notebooks_by_prefix_in_the_order_listed(folder):
     assert [p.name for p in run_notebooks.select_notebooks("01,03", folder)] == [
         "01_records.ipynb",
         "03_hangs.ipynb",
     ]
+    assert [p.name for p in run_notebooks.select_notebooks("03,0,01", folder)] == [
+        "03_hangs.ipynb",
+        "01_records.ipynb",
+        "02_fails.ipynb",
+    ]  # in the order listed, each once
+    assert len(run_notebooks.select_notebooks(None, folder)) == 3
     with pytest.raises(ValueError, match="only="):
         run_notebooks.select_notebooks("99", folder)
 

@@ -59,14 +59,17 @@ class NotebookRun:
 
 
 def select_notebooks(only: str | None = None, folder: Path = NOTEBOOKS) -> list[Path]:
-    """Notebooks in teaching order; ``only="01,05"`` keeps those whose file name starts with a listed prefix."""
+    """Notebooks in teaching order; ``only="05,01"`` keeps those whose file name starts with a listed prefix, in
+    the order listed (``--jobs`` lanes take them in that order: the full-mode plan lists the longest first)."""
     notebooks = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
-    if only:
-        prefixes = [p.strip() for p in only.split(",") if p.strip()]
-        notebooks = [nb for nb in notebooks if any(nb.name.startswith(p) for p in prefixes)]
-        if not notebooks:
-            raise ValueError(f"only={only!r} matches no notebook in {folder}")
-    return notebooks
+    if not only:
+        return notebooks
+    chosen = []
+    for prefix in (p.strip() for p in only.split(",")):
+        chosen += [nb for nb in notebooks if prefix and nb.name.startswith(prefix) and nb not in chosen]
+    if not chosen:
+        raise ValueError(f"only={only!r} matches no notebook in {folder}")
+    return chosen
 
 
 def papermill_command(
@@ -226,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m efflab.run_notebooks", description=__doc__.split("\n\n")[0])
     parser.add_argument("--mode", default="quick", help="quick or full (default quick)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    parser.add_argument("--only", default=None, help="comma-separated prefixes, e.g. 01,05")
+    parser.add_argument("--only", default=None, help="comma-separated prefixes, e.g. 01,05, run in that order")
     parser.add_argument("--out", default=str(REPO_ROOT / "runs" / "latest"), help="folder for outputs")
     parser.add_argument("--cell-timeout", type=int, default=900, help="seconds one cell may run")
     parser.add_argument("--time-limit", type=int, default=1800, help="seconds one notebook may run")

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from efflab.dense_to_moe.conversion import configure, experts_per_token
 from efflab.dense_to_moe.cost import CostModel
 from efflab.dense_to_moe.selection import check_rule
+from efflab.train import model_device
 
 
 @torch.no_grad()
@@ -37,7 +38,8 @@ def routed_forward(model: nn.Module, x: Tensor, rule: str, value) -> tuple[Tenso
 def classifier_sweep(
     model: nn.Module, x: Tensor, y: Tensor, cost: CostModel, rule: str, values: Sequence
 ) -> list[dict]:
-    """For each value: accuracy, relative FLOPs, mean k, and k per token (layers, images, tokens) as uint8."""
+    """For each value: accuracy, relative FLOPs, mean k, and k per token (layers, images, tokens) as uint8 on the
+    CPU. ``x`` and ``y`` are moved to the model's device (a no-op where they are there already)."""
     if not isinstance(x, Tensor) or x.dim() < 1 or len(x) == 0:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(f"x has shape {shape}; expected a batch of at least one input")
@@ -45,6 +47,8 @@ def classifier_sweep(
         shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
         raise ValueError(f"y has shape {shape}; expected integer labels of shape ({len(x)},), one per input")
     check_rule(rule)
+    device = model_device(model)
+    x, y = x.to(device), y.to(device)
     rows = []
     for value in values:
         logits, k = routed_forward(model, x, rule, value)

@@ -15,10 +15,12 @@ Part 1 (every seed, side by side through :func:`efflab.parallel.run_all`):
 Part 2: all-MiniLM-L6-v2, converted without fine-tuning, and (full mode) after a ReLU + Hoyer + embedding
 distillation fine-tune; cosine similarity and neighbour agreement against relative FFN FLOPs.
 
-Where things run: every ViT task (dense training, fine-tuning, conversion) is a CPU task, one model per core,
-whatever the run's device: models this small spend their time in the fixed cost of each operation, which a GPU
-does not remove, while independent models on separate cores run side by side. The MiniLM task, and the timing,
-use the run's device.
+Where things run: every task (the dense trainings, the fine-tunings and conversions, MiniLM) and the timing use
+the run's device: at the full budget a ViT training step is about 4.8 GFLOP, 0.12 to 0.24 s on one CPU core.
+Only the clustering's NumPy and SciPy part runs on the CPU core of its task: it reads a CPU copy of the FFN
+weights, and the converted layers are built from the device's weights in the order it finds. Tasks hand back CPU
+tensors (state dicts, converted models, curves of Python numbers), so results pickle between processes and load
+on any machine.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import pandas as pd
 import torch
 
 from efflab.cache import cached
-from efflab.data.digits import infinite_batches, load_digits
+from efflab.data.digits import Split, infinite_batches, load_digits
 from efflab.dense_to_moe.conversion import moefy
 from efflab.dense_to_moe.cost import cost_model
 from efflab.dense_to_moe.evaluation import classifier_sweep
@@ -65,8 +67,8 @@ def _check_taus(name: str, taus) -> None:
 
 @dataclass(frozen=True)
 class DenseToMoEBudget(Budget):
-    """Every size and step count of the notebook; ``quick()`` for two CPU cores, ``full()`` for a machine with
-    more cores (the ViT tasks) and, for MiniLM, a GPU where there is one."""
+    """Every size and step count of the notebook; ``quick()`` for two CPU cores, ``full()`` for a GPU (every task
+    runs on the run's device)."""
 
     seeds: int = 3
     d_model: int = 32
@@ -226,22 +228,42 @@ def variant_name(weight: float, n_experts: int, default_experts: int) -> str:
 # ---- tasks ----------------------------------------------------------------------------------------------------
 
 
+def check_task_device(device) -> None:
+    """Where a task computes: a string torch reads as a CPU or CUDA device ("cpu", "cuda", "cuda:1")."""
+    from efflab.dense_to_moe.timing import DEVICE_TYPES
+
+    try:
+        kind = torch.device(device).type if isinstance(device, str) else None
+    except RuntimeError:
+        kind = None
+    if kind not in DEVICE_TYPES:
+        raise ValueError(f"device={device!r} is not allowed; expected 'cpu', 'cuda' or 'cuda:<index>'")
+
+
 @dataclass(frozen=True)
 class DenseTask:
     seed: int
     budget: DenseToMoEBudget
+    device: str = "cpu"
+
+    def __post_init__(self):
+        check_task_device(self.device)
 
 
 @dataclass(frozen=True)
 class ConversionTask:
     """One seed's model fine-tuned at ``weight`` (None: not at all), then converted at each of ``variants``
-    ((name, experts) pairs)."""
+    ((name, experts) pairs), on ``device``; ``dense_state`` holds CPU tensors."""
 
     seed: int
     weight: float | None
     variants: tuple[tuple[str, int], ...]
     budget: DenseToMoEBudget
     dense_state: dict = field(compare=False, repr=False)
+    device: str = "cpu"
+
+    def __post_init__(self):
+        check_task_device(self.device)
 
 
 @dataclass(frozen=True)
@@ -249,6 +271,9 @@ class MiniLMTask:
     seed: int
     budget: DenseToMoEBudget
     device: str = "cpu"
+
+    def __post_init__(self):
+        check_task_device(self.device)
 
 
 def run_task(task):
@@ -269,37 +294,56 @@ def _accuracy(model, split) -> float:
         return float((model(split.x).argmax(-1) == split.y).double().mean())
 
 
+def _on(split: Split, device: torch.device) -> Split:
+    """``split`` with its images and labels on ``device``."""
+    return Split(split.x.to(device), split.y.to(device))
+
+
+def _vit(b: DenseToMoEBudget, state: dict, device: torch.device) -> ViT:
+    """A ViT of the budget's shape holding ``state``, on ``device``."""
+    model = ViT(b.vit_config())
+    model.load_state_dict(state)
+    return model.to(device)
+
+
 def train_dense(task: DenseTask) -> dict:
-    """The dense GELU ViT of one seed (cached by config and seed), with its test accuracy."""
+    """The dense GELU ViT of one seed (cached by config, seed and, off the CPU, device type: CUDA's numbers differ
+    from the CPU's in the last bits), with its test accuracy. The cache and the result hold CPU tensors."""
     b = task.budget
+    device = torch.device(task.device)
     config = dataclasses.asdict(b.vit_config())
     key = {"config": config, "seed": task.seed, "steps": b.train_steps, "lr": b.lr, "batch": b.batch_size}
+    if device.type != "cpu":  # a CPU entry keeps the key it had before tasks could run elsewhere
+        key["device"] = device.type
 
     def build() -> dict:
         seed_everything(task.seed)
         digits = load_digits(DATA_SEED)
-        model = ViT(b.vit_config())
+        model = ViT(b.vit_config())  # initialised on the CPU: the same start on every device
         history = fit(
             model,
             infinite_batches(digits.train, b.batch_size, seed=task.seed),
             TrainConfig(steps=b.train_steps, lr=b.lr, warmup_steps=b.train_steps // 20, weight_decay=0.01),
+            device=device,
             progress=False,
         )
-        return {"state": model.state_dict(), "loss": torch.tensor(history.loss.to_numpy())}
+        state = {name: value.detach().cpu() for name, value in model.state_dict().items()}
+        return {"state": state, "loss": torch.tensor(history.loss.to_numpy())}
 
     entry = cached("d2dmoe_vit", key, build)
-    model = ViT(b.vit_config())
-    model.load_state_dict(entry["state"])
-    return {"seed": task.seed, "state": entry["state"], "accuracy": _accuracy(model, load_digits(DATA_SEED).test)}
+    model = _vit(b, entry["state"], device)
+    accuracy = _accuracy(model, _on(load_digits(DATA_SEED).test, device))
+    return {"seed": task.seed, "state": entry["state"], "accuracy": accuracy}
 
 
 def convert_and_sweep(task: ConversionTask) -> list[dict]:
-    """Fine-tune (or not), then for each variant: convert, train both kinds of router, sweep both rules."""
+    """Fine-tune (or not), then for each variant: convert, train both kinds of router, sweep both rules. Runs on
+    the task's device; the converted models come back on the CPU."""
     b = task.budget
-    digits = load_digits(DATA_SEED)
-    model = ViT(b.vit_config())
-    model.load_state_dict(task.dense_state)
-    test = digits.test
+    device = torch.device(task.device)
+    digits = load_digits(DATA_SEED)  # on the CPU: the fine-tuning's batches come from it, fit moves each one
+    model = _vit(b, task.dense_state, device)
+    train, test = _on(digits.train, device), _on(digits.test, device)
     if task.weight is None:
         zero_before = zero_fraction(model, lambda: model(test.x))
         zero_after = zero_before
@@ -325,20 +369,20 @@ def convert_and_sweep(task: ConversionTask) -> list[dict]:
             **shared,
             "variant": name,
             "n_experts": experts,
-            **_convert(copy.deepcopy(model), experts, task.seed, b, digits),
+            **_convert(copy.deepcopy(model), experts, task.seed, b, train, test),
         }
         for name, experts in task.variants
     ]
 
 
-def _convert(model: ViT, n_experts: int, seed: int, b: DenseToMoEBudget, digits) -> dict:
+def _convert(model: ViT, n_experts: int, seed: int, b: DenseToMoEBudget, train: Split, test: Split) -> dict:
     """MoE-fy ``model`` in place, train MoEfication's routers and then D2DMoE's, sweep each rule (seeded afresh,
-    so a variant's numbers do not depend on which variants were converted before it)."""
+    so a variant's numbers do not depend on which variants were converted before it); the splits are on the
+    model's device, the model is handed back on the CPU."""
     seed_everything(seed)
-    test = digits.test
     moefy(model, n_experts, iterations=b.cluster_iterations, seed=seed)
     outside = vit_outside_ffn_flops_per_image(b.vit_config())
-    inputs = collect_layer_inputs(model, lambda: model(digits.train.x))
+    inputs = collect_layer_inputs(model, lambda: model(train.x))
     routers = RouterBudget(width=b.router_width, steps=b.router_steps, seed=seed)
     curves = {}
     train_routers(model, inputs, routers, target="activation_share")
@@ -350,7 +394,7 @@ def _convert(model: ViT, n_experts: int, seed: int, b: DenseToMoEBudget, digits)
     cost = cost_model(model, outside)
     curves["dynamic_k"] = classifier_sweep(model, test.x, test.y, cost, "dynamic_k", b.taus)
     curves["top_k"] = classifier_sweep(model, test.x, test.y, cost, "top_k", b.top_ks(n_experts))
-    return {"curves": curves, "cost": cost, "model": model}
+    return {"curves": curves, "cost": cost, "model": model.cpu()}
 
 
 def minilm_study(task: MiniLMTask) -> dict:
@@ -564,19 +608,20 @@ def run_experiment(run: Run, budget: DenseToMoEBudget, *, minilm: bool = True, p
     """The whole notebook's computation; returns a :class:`DenseToMoEResult`."""
     start = time.perf_counter()
     seeds = seeds_for(run.seed, budget.seeds)
-    first: list = [DenseTask(seed, budget) for seed in seeds]
+    device = str(run.device)
+    first: list = [DenseTask(seed, budget, device=device) for seed in seeds]
     if minilm:  # needs no ViT: the longest task goes first, beside the dense trainings (three seeds, two cores)
-        first.insert(0, MiniLMTask(run.seed, budget, device=str(run.device)))
-    share = gpu_share_for(run.device) if minilm else None  # on Ray, MiniLM's task must see the GPU
+        first.insert(0, MiniLMTask(run.seed, budget, device=device))
+    share = gpu_share_for(run.device)  # on Ray, a task on CUDA must see the GPU
     trained = run_all(run_task, first, description="dense ViTs (and MiniLM)", progress=progress, gpu_share=share)
     minilm_result = trained.pop(0) if minilm else None
     dense = {o["seed"]: o for o in trained}
     tasks = [  # the longest first (most variants, then fine-tuned), so that no core idles at the end
-        ConversionTask(seed, weight, variants, budget, dense[seed]["state"])
+        ConversionTask(seed, weight, variants, budget, dense[seed]["state"], device=device)
         for weight, variants in sorted(budget.conversions(), key=lambda g: (-len(g[1]), g[0] is None))
         for seed in seeds
     ]
-    done = run_all(run_task, tasks, description="sparsify, convert, route", progress=progress)
+    done = run_all(run_task, tasks, description="sparsify, convert, route", progress=progress, gpu_share=share)
     order = {name: index for index, (name, _, _) in enumerate(budget.variants())}
     conversions = sorted(
         (entry for entries in done for entry in entries),

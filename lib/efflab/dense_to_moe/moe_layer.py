@@ -59,10 +59,11 @@ class DynamicKMoE(nn.Module):
         order = as_index(permutation)
         if sorted(order.tolist()) != list(range(d_ff)):
             raise ValueError(f"permutation is not a bijection of range({d_ff})")
+        order = order.to(up.weight.device)  # the layer is built where the dense FFN's weights are
         shape = (n_experts, self.expert_size)
         with torch.no_grad():
-            up_bias = up.bias if up.bias is not None else torch.zeros(d_ff)
-            down_bias = down.bias if down.bias is not None else torch.zeros(d_model)
+            up_bias = up.bias if up.bias is not None else up.weight.new_zeros(d_ff)
+            down_bias = down.bias if down.bias is not None else down.weight.new_zeros(d_model)
             self.w1 = nn.Parameter(up.weight[order].reshape(*shape, d_model).clone(), requires_grad=False)
             self.b1 = nn.Parameter(up_bias[order].reshape(shape).clone(), requires_grad=False)
             self.w2 = nn.Parameter(down.weight[:, order].T.reshape(*shape, d_model).clone(), requires_grad=False)
@@ -142,6 +143,12 @@ class DynamicKMoE(nn.Module):
     def masked_forward(self, flat: Tensor, mask: Tensor) -> Tensor:
         hidden = (self.hidden(flat) * mask.unsqueeze(-1).to(flat.dtype)).reshape(-1, self.d_ff)
         return torch.addmm(self.bias, hidden, self.w2.reshape(self.d_ff, self.d_model))
+
+    def _apply(self, fn, recurse=True):
+        # .to(), .cpu(), .half() and the like: drop the copy of w1, which would stay where it was made (a CUDA
+        # tensor kept by a model handed back on the CPU); the next gathered forward rebuilds it.
+        self._up_in_out = None
+        return super()._apply(fn, recurse)
 
     def _up_weight_in_out(self) -> Tensor:
         """w1 as (E, d_model, s), contiguous, recomputed only when w1 changes."""

@@ -40,9 +40,8 @@ def workload(budget: DenseToMoEBudget) -> list[Work]:
     (MoEfication's, then D2DMoE's) and one routed pass per setting of the three sweeps; then the wall-clock
     timing of the first seed's main model.
 
-    Every ViT item runs on CPU cores, one model per core, whatever the run's device: the experiment's ViT tasks
-    never move their models. The MiniLM study and the timing run on the run's device, but for the MiniLM
-    clustering (NumPy and SciPy, on the task's one core).
+    Every item runs on the run's device, as the experiment's tasks do, but for the clusterings of the ViTs and
+    of MiniLM (NumPy and SciPy, on the task's one core).
 
     Upper bounds: the dense ViTs are cached (a stored model is not trained again), and every MiniLM batch is
     counted at ``minilm_max_length`` tokens (a batch is padded to its longest sentence, cut at that length).
@@ -62,9 +61,7 @@ def _dense_training(b: DenseToMoEBudget, digits) -> Work:
     """Every seed's dense GELU ViT, trained as ``train_dense`` trains it."""
     config = TrainConfig(steps=b.train_steps, lr=b.lr, warmup_steps=b.train_steps // 20, weight_decay=0.01)
     batches = infinite_batches(digits.train, b.batch_size, seed=0)
-    return Work(
-        "ViT: dense training", b.seeds, b.train_steps, _fit_step(ViT(b.vit_config()), batches, config), on="cpu"
-    )
+    return Work("ViT: dense training", b.seeds, b.train_steps, _fit_step(ViT(b.vit_config()), batches, config))
 
 
 def _conversion_work(b: DenseToMoEBudget, digits) -> list[Work]:
@@ -77,7 +74,6 @@ def _conversion_work(b: DenseToMoEBudget, digits) -> list[Work]:
             b.seeds,
             3 + 3 * weights,
             forward_step(ViT(b.vit_config()), lambda: (digits.test.x,)),
-            on="cpu",
             trains=False,
         ),
         Work(
@@ -90,7 +86,6 @@ def _conversion_work(b: DenseToMoEBudget, digits) -> list[Work]:
                 tune,
                 SparsityLoss(b.main_weight, b.finetune_steps),
             ),
-            on="cpu",
         ),
     ]
     for experts, variants in Counter(experts for _, _, experts in b.variants()).items():
@@ -121,20 +116,18 @@ def _expert_work(b: DenseToMoEBudget, experts: int, conversions: int, digits) ->
             on="cpu",
             trains=False,
         ),
-        Work(f"{label}: router inputs and labels", conversions, 1, inputs_and_labels, on="cpu", trains=False),
+        Work(f"{label}: router inputs and labels", conversions, 1, inputs_and_labels, trains=False),
         Work(
             f"{label}: router training, twice",
             conversions,
             2 * b.router_steps,
             _router_step(model, RouterBudget(width=b.router_width, steps=b.router_steps)),
-            on="cpu",
         ),
         Work(
             f"{label}: routed passes over the test images",
             conversions,
             2 * len(b.top_ks(experts)) + len(b.taus),
             lambda: classifier_sweep(model, digits.test.x, digits.test.y, cost, "dynamic_k", [tau]),
-            on="cpu",
             trains=False,
         ),
     ]
