@@ -12,9 +12,9 @@ from efflab.workload import Work, training_step
 
 def workload(budget: GlimpseBudget) -> list[Work]:
     """The task model's training (its glimpse batches are read on a CPU core, its steps run on the device) unless
-    the committed one is read, then every SAC agent, each on one CPU core: a step is one batch of ``n_envs``
-    transitions and the ``gradient_steps`` updates after it. Playing the held-out episodes is left out: it
-    takes a few seconds."""
+    the committed one is read, then every SAC agent, side by side, each on one CPU core: a step is one batch of
+    ``n_envs`` transitions and the ``gradient_steps`` updates after it. Playing the held-out episodes is left
+    out: it takes a few seconds."""
     if not isinstance(budget, GlimpseBudget):
         raise ValueError(f"budget={budget!r} is not allowed; expected a GlimpseBudget")
     game, agent = budget.game, budget.agent
@@ -43,7 +43,9 @@ def workload(budget: GlimpseBudget) -> list[Work]:
         ("SAC agents, fixed scale", budget.fixed_scale_seeds, budget.fixed_game),
     ):
         if runs:
-            works.append(Work(what, runs, transitions, AgentStep(scenes, frozen, played, agent), on="cpu"))
+            works.append(
+                Work(what, runs, transitions, AgentStep(scenes, frozen, played, agent), on="cpu", pool="agents")
+            )
     return works
 
 
