@@ -150,3 +150,22 @@ def test_timing_runs_on_the_given_device_and_rejects_others(converted):
     for device in bad:
         with pytest.raises(ValueError, match="device="):
             time_forward(model, images, "dense", None, 1, device=device)
+
+
+def test_routers_trained_on_another_device_are_the_same_routers_and_join_their_layers():
+    # on a CPU-only machine "another device" is the CPU named explicitly: the path that moves inputs and labels,
+    # trains there and moves each router to its layer must give the routers of the default path, bitwise
+    torch.manual_seed(0)
+    dense = relufy(ViT(CONFIG)).eval()
+    images = torch.randn(40, 1, 8, 8)
+    trained = {}
+    for device in (None, "cpu"):
+        model = copy.deepcopy(dense)
+        moefy(model, 8, iterations=2, seed=0)
+        inputs = collect_layer_inputs(model, lambda model=model: model(images))
+        losses = train_routers(model, inputs, RouterBudget(width=8, steps=5, batch_size=16), device=device)
+        layers = moe_layers(model)
+        assert all(next(layer.router.parameters()).device == layer.w1.device for layer in layers)
+        trained[device] = (losses, [p.clone() for layer in layers for p in layer.router.parameters()])
+    assert trained[None][0] == trained["cpu"][0]
+    assert all(torch.equal(a, b) for a, b in zip(trained[None][1], trained["cpu"][1], strict=True))

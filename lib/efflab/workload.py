@@ -199,7 +199,7 @@ class Machine:
     runs_per_gpu: int = 8
     host_per_op: tuple[float, float] = (6e-6, 12e-6)  # s of one core per dispatched operation
     kernel_floor: tuple[float, float] = (3e-6, 5e-6)  # s the GPU spends on the smallest kernel
-    gpu_flops: tuple[float, float] = (150e12, 60e12)  # FLOP/s of small TF32 products on an H200 (peak ~495)
+    gpu_flops: tuple[float, float] = (250e12, 120e12)  # TF32 products: 50 % and 25 % of an H200's 495 TFLOP/s
     cpu_speed: tuple[float, float] = (1.25, 0.8)  # a core there against one core here
     notebook_overhead: tuple[float, float] = (20.0, 35.0)  # s: kernel, imports, workers and CUDA start, figures
 

@@ -17,8 +17,9 @@ distillation fine-tune; cosine similarity and neighbour agreement against relati
 
 Where things run: every task (the dense trainings, the fine-tunings and conversions, MiniLM) and the timing use
 the run's device: at the full budget a ViT training step is about 4.8 GFLOP, 0.12 to 0.24 s on one CPU core.
-Only the clustering's NumPy and SciPy part runs on the CPU core of its task: it reads a CPU copy of the FFN
-weights, and the converted layers are built from the device's weights in the order it finds. Tasks hand back CPU
+Two parts run on the CPU core of their task: the clustering's NumPy and SciPy part (it reads a CPU copy of the FFN
+weights, and the converted layers are built from the device's weights in the order it finds), and the ViT's
+router trainings, whose steps are a handful of tiny kernels that would only queue on the GPU. Tasks hand back CPU
 tensors (state dicts, converted models, curves of Python numbers), so results pickle between processes and load
 on any machine.
 """
@@ -378,19 +379,20 @@ def convert_and_sweep(task: ConversionTask) -> list[dict]:
 def _convert(model: ViT, n_experts: int, seed: int, b: DenseToMoEBudget, train: Split, test: Split) -> dict:
     """MoE-fy ``model`` in place, train MoEfication's routers and then D2DMoE's, sweep each rule (seeded afresh,
     so a variant's numbers do not depend on which variants were converted before it); the splits are on the
-    model's device, the model is handed back on the CPU."""
+    model's device, the routers train on the task's CPU core (:func:`~efflab.dense_to_moe.routers.train_routers`),
+    the model is handed back on the CPU."""
     seed_everything(seed)
     moefy(model, n_experts, iterations=b.cluster_iterations, seed=seed)
     outside = vit_outside_ffn_flops_per_image(b.vit_config())
     inputs = collect_layer_inputs(model, lambda: model(train.x))
     routers = RouterBudget(width=b.router_width, steps=b.router_steps, seed=seed)
     curves = {}
-    train_routers(model, inputs, routers, target="activation_share")
+    train_routers(model, inputs, routers, target="activation_share", device="cpu")
     moefication_cost = cost_model(model, outside)
     curves["moefication"] = classifier_sweep(model, test.x, test.y, moefication_cost, "top_k", b.top_ks(n_experts))
     for row in curves["moefication"]:
         del row["k"]
-    train_routers(model, inputs, routers, target="output_norm")
+    train_routers(model, inputs, routers, target="output_norm", device="cpu")
     cost = cost_model(model, outside)
     curves["dynamic_k"] = classifier_sweep(model, test.x, test.y, cost, "dynamic_k", b.taus)
     curves["top_k"] = classifier_sweep(model, test.x, test.y, cost, "top_k", b.top_ks(n_experts))

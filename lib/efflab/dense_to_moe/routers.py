@@ -118,12 +118,20 @@ class RouterBudget:
 
 
 def train_routers(
-    model: nn.Module, layer_inputs: list[Tensor], budget: RouterBudget, *, target: str = "output_norm"
+    model: nn.Module,
+    layer_inputs: list[Tensor],
+    budget: RouterBudget,
+    *,
+    target: str = "output_norm",
+    device: torch.device | str | None = None,
 ) -> list[float]:
     """Attach a fresh router to every MoE layer and fit it; returns each layer's final training loss.
 
     ``target="output_norm"``: abs routers, MSE to the expert output norms (D2DMoE). ``"activation_share"``:
-    logit routers, BCE to the positive-activation shares (MoEfication).
+    logit routers, BCE to the positive-activation shares (MoEfication). The labels come from the layers where
+    the inputs are; the routers train on ``device`` (default: there too) and then join their layers. A router is
+    a small MLP whose step is a handful of tiny kernels: on a machine whose GPU is the busy part, it trains on a
+    CPU core instead, from the same initial weights and batches.
     """
     check_choice("target", target, TARGETS)
     if not isinstance(budget, RouterBudget):
@@ -137,12 +145,13 @@ def train_routers(
         )
     for index, (layer, x) in enumerate(zip(layers, layer_inputs, strict=True)):
         check_layer_inputs(f"layer_inputs[{index}]", layer, x)
+    labels = [router_labels(layer, x, target) for layer, x in zip(layers, layer_inputs, strict=True)]
+    device = layer_inputs[0].device if device is None else torch.device(device)
+    layer_inputs, labels = [x.to(device) for x in layer_inputs], [y.to(device) for y in labels]
     generator = torch.Generator().manual_seed(budget.seed)
     torch.manual_seed(budget.seed)
     output = "abs" if target == "output_norm" else "logits"
-    device = layer_inputs[0].device
     routers = [Router(layer.d_model, layer.n_experts, budget.width, output).to(device) for layer in layers]
-    labels = [router_labels(layer, x, target) for layer, x in zip(layers, layer_inputs, strict=True)]
     parameters = [p for router in routers for p in router.parameters()]
     optimizer = torch.optim.Adam(parameters, lr=budget.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, budget.steps, eta_min=budget.lr * 0.1)
@@ -165,5 +174,5 @@ def train_routers(
     for layer, router in zip(layers, routers, strict=True):
         router.requires_grad_(False)
         router.eval()
-        layer.router = router
+        layer.router = router.to(layer.w1.device)
     return losses

@@ -41,7 +41,7 @@ def workload(budget: DenseToMoEBudget) -> list[Work]:
     timing of the first seed's main model.
 
     Every item runs on the run's device, as the experiment's tasks do, but for the clusterings of the ViTs and
-    of MiniLM (NumPy and SciPy, on the task's one core).
+    of MiniLM (NumPy and SciPy) and the ViTs' router trainings, on the task's one core.
 
     Upper bounds: the dense ViTs are cached (a stored model is not trained again), and every MiniLM batch is
     counted at ``minilm_max_length`` tokens (a batch is padded to its longest sentence, cut at that length).
@@ -122,6 +122,7 @@ def _expert_work(b: DenseToMoEBudget, experts: int, conversions: int, digits) ->
             conversions,
             2 * b.router_steps,
             _router_step(model, RouterBudget(width=b.router_width, steps=b.router_steps)),
+            on="cpu",
         ),
         Work(
             f"{label}: routed passes over the test images",
