@@ -158,7 +158,7 @@ class RelativeLRBudget(Budget):
     def full(cls) -> RelativeLRBudget:
         """One GPU: the proxy 128 wide with the longer context, 600-step runs, every search pass and seed, and
         the transfer to models 384 wide and 4 layers deep, 18 times the proxy's non-embedding parameters (dense
-        7.1 M, MoE 21.2 M; 512 wide would be 32 times, at nearly twice the transfer's GPU time)."""
+        7.1 M, MoE 21.2 M; 512 wide would be 32 times, at 1.8 times the FLOPs per step)."""
         return cls(
             d_model=128,
             n_layer=2,
