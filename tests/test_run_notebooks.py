@@ -125,3 +125,10 @@ def test_side_by_side_lanes_share_the_notebooks_and_keep_their_order():
     lanes = {cores for _, cores, _ in seen}
     assert sorted(name for name, _, _ in seen) == list("abcd") and len(lanes) == jobs
     assert sum(len(cores) for cores in lanes) == len(set().union(*lanes))  # disjoint
+
+
+def test_make_full_runs_every_notebook_once():
+    makefile = (run_notebooks.REPO_ROOT / "Makefile").read_text()
+    order = next(line.split("?=")[1].strip() for line in makefile.splitlines() if line.startswith("FULL_ORDER"))
+    chosen = run_notebooks.select_notebooks(order)
+    assert sorted(chosen) == run_notebooks.select_notebooks() and len(order.split(",")) == len(chosen)

@@ -16,8 +16,9 @@ gives every notebook's time in seconds and in units, the measure the course's sp
 
 ``--jobs N`` runs N notebooks side by side, each lane pinned to its own share of the cores (every process a
 notebook starts, its kernel and its executor's workers, inherits the lane's cores, and the executor sizes its
-pool to them). On a GPU machine two lanes let a notebook that trains on CPU cores run beside one that trains on
-the GPU. Side by side, the units are not timed: a unit measured beside another notebook means nothing.
+pool to them). On a GPU machine lanes let the notebooks that train on CPU cores run beside those that keep the
+GPU busy; ``make full`` takes the lanes and the order (``--only``, longest first) of the full-mode plan
+(``make plan``). Side by side, the units are not timed: a unit measured beside another notebook means nothing.
 """
 
 from __future__ import annotations
