@@ -135,6 +135,23 @@ def test_the_course_fills_each_lane_from_one_queue_in_order():
     assert plan.seconds == pytest.approx((110.0, 110.0))
 
 
+def test_notebooks_side_by_side_share_the_gpu():
+    # two notebooks that keep the GPU busy all their 100 s (with 10 s of overhead each) on two lanes: together they
+    # want more than one GPU, so each runs at the speed the GPU allows, and the course ends when the GPU is done
+    works = {name: [work(1, 100)] for name in ("a", "b")}
+    costs = {name: [StepCost(200, 0, math.nan)] for name in works}  # 200 kernels of 5 µs: 1 ms a step, GPU-bound
+    plan = course_plan(works, machine(cores=4, host_per_op=(1e-6, 1e-6)), jobs=2, costs=costs)
+    alone = plan.notebooks[0].seconds[0]
+    assert alone == pytest.approx(10.1) and plan.gpu_seconds[0] == pytest.approx(0.2)
+    demand = 2 * 0.1 / 10.1  # each keeps the GPU busy 1 % of its time: no slowdown
+    assert demand < 1 and plan.seconds[0] == pytest.approx(alone)
+    heavy = {name: [StepCost(200_000, 0, math.nan)] for name in works}  # 1 s of GPU a step: all GPU
+    plan = course_plan(works, machine(cores=4, host_per_op=(1e-6, 1e-6)), jobs=2, costs=heavy)
+    alone = plan.notebooks[0].seconds[0]  # 10 s overhead + 100 s on the GPU
+    shares = 2 * 100 / alone  # together they ask for 1.8 GPUs: each goes 1.8 times slower
+    assert plan.lane_seconds[0][0] == pytest.approx(alone * shares) == pytest.approx(plan.gpu_seconds[0])
+
+
 @pytest.mark.parametrize(
     ("kwargs", "name"),
     [({"runs": 0}, "runs"), ({"steps": 1.5}, "steps"), ({"on": "tpu"}, "on"), ({"step": 3}, "step")],

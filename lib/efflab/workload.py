@@ -17,8 +17,9 @@ their host time overlaps, while the GPU's busy time adds up. On CPU cores a step
 one run per core.
 
 :func:`notebook_plan` prices one notebook's work on a lane of cores; :func:`course_plan` lays the notebooks
-on lanes as ``python -m efflab.run_notebooks --jobs N`` runs them (a shared queue in teaching order) and
-reports the longest lane, the GPU's busy time and the cores' busy time, each a floor on the course's wall time.
+on lanes as ``python -m efflab.run_notebooks --jobs N`` runs them (a shared queue, in the order given), slowing
+the notebooks side by side while together they ask for more than the one GPU, and reports when the last lane
+ends, beside the GPU's and the cores' busy time.
 """
 
 from __future__ import annotations
@@ -316,15 +317,15 @@ def notebook_plan(
 class CoursePlan:
     notebooks: tuple[NotebookPlan, ...]
     jobs: int
-    lanes: tuple[tuple[str, ...], ...]  # the notebooks each lane runs, in order
-    lane_seconds: tuple[tuple[float, float], ...]
+    lanes: tuple[tuple[str, ...], ...]  # the notebooks each lane runs, in order (at the dear end)
+    lane_seconds: tuple[tuple[float, float], ...]  # when each lane ends
     gpu_seconds: tuple[float, float]
     core_seconds: tuple[float, float]
     cores: int
 
     @property
     def seconds(self) -> tuple[float, float]:
-        """The longest lane, or the GPU's or the cores' busy time where that is longer."""
+        """When the last lane ends, or the GPU's or the cores' busy time where that is longer."""
         return tuple(
             max(
                 max(lane[end] for lane in self.lane_seconds),
@@ -338,28 +339,49 @@ class CoursePlan:
 def course_plan(
     works: dict[str, Sequence[Work]], machine: Machine = Machine(), jobs: int = 1, costs=None
 ) -> CoursePlan:
-    """Lay the notebooks (``works``: notebook -> its work, in teaching order) on ``jobs`` lanes of equal cores,
-    each lane taking the next notebook when it is free, and price the course (its dear end decides the order)."""
+    """Lay the notebooks (``works``: notebook -> its work, in the order the runner takes them) on ``jobs`` lanes
+    of equal cores, each taking the next notebook when it is free (:func:`share_the_gpu`); price the course."""
     check_int("jobs", jobs, low=1, high=machine.cores)
     cores = machine.cores // jobs
     costs = costs or {name: [work_cost(work, machine) for work in items] for name, items in works.items()}
     plans = [notebook_plan(name, items, machine, cores, costs[name]) for name, items in works.items()]
-    lanes: list[list[NotebookPlan]] = [[] for _ in range(jobs)]
-    finish = [0.0] * jobs
-    for plan in plans:
-        lane = finish.index(min(finish))
-        lanes[lane].append(plan)
-        finish[lane] += plan.seconds[1]
-
-    def lane_total(lane, end):
-        return sum(plan.seconds[end] for plan in lane)
-
+    runs = [share_the_gpu(plans, jobs, end) for end in (0, 1)]
     return CoursePlan(
         notebooks=tuple(plans),
         jobs=jobs,
-        lanes=tuple(tuple(plan.notebook for plan in lane) for lane in lanes),
-        lane_seconds=tuple((lane_total(lane, 0), lane_total(lane, 1)) for lane in lanes),
+        lanes=runs[1][0],
+        lane_seconds=tuple(zip(runs[0][1], runs[1][1], strict=True)),
         gpu_seconds=tuple(sum(plan.gpu_seconds[end] for plan in plans) for end in (0, 1)),
         core_seconds=tuple(sum(plan.core_seconds[end] for plan in plans) for end in (0, 1)),
         cores=machine.cores,
     )
+
+
+def share_the_gpu(plans: Sequence[NotebookPlan], jobs: int, end: int):
+    """The lanes' notebooks and end times when ``jobs`` lanes take ``plans`` in order, at the ``end`` of prices.
+
+    Alone, a notebook keeps the GPU busy for the share ``gpu_seconds / seconds`` of its time. Side by side, while
+    the shares of the notebooks running add up to more than one GPU, each of them advances that many times slower:
+    the GPU's queue is shared, the rest of their work waits on it.
+    """
+    waiting = list(plans)
+    lanes: list[list[str]] = [[] for _ in range(jobs)]
+    ends = [0.0] * jobs
+    running: dict[int, list] = {}  # lane -> [plan, its seconds alone still to go]
+    now = 0.0
+    while waiting or running:
+        for lane in range(jobs):
+            if lane not in running and waiting:
+                plan = waiting.pop(0)
+                lanes[lane].append(plan.notebook)
+                running[lane] = [plan, plan.seconds[end]]
+        demand = sum(plan.gpu_seconds[end] / plan.seconds[end] for plan, _ in running.values())
+        slowdown = max(1.0, demand)
+        step = min(left for _, left in running.values()) * slowdown
+        now += step
+        for lane in list(running):
+            running[lane][1] -= step / slowdown
+            if running[lane][1] <= 1e-9 * step:
+                ends[lane] = now
+                del running[lane]
+    return tuple(tuple(lane) for lane in lanes), tuple(ends)
