@@ -36,7 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from efflab.models.moe import moe_layers
 from efflab.runtime import torch_threads
-from efflab.train import TrainConfig, make_optimizer
+from efflab.train import TrainConfig, cross_entropy, make_optimizer
 from efflab.validation import check_choice, check_int, check_positive
 
 PLACES = ("gpu", "cpu")  # where a full-mode run's steps execute: the run's device, or CPU cores
@@ -146,15 +146,16 @@ def work_cost(work: Work, machine: Machine | None = None) -> StepCost:
 def training_step(
     model: nn.Module,
     batch: Callable[[], tuple[torch.Tensor, ...]],
-    loss: Callable[..., torch.Tensor],
+    loss: Callable[..., torch.Tensor] = cross_entropy,
     *,
-    lr: float = 1e-3,
-    weight_decay: float = 0.0,
-    grad_clip: float | None = None,
+    config: TrainConfig | None = None,
+    param_groups: list[dict] | None = None,
 ) -> Callable[[], float]:
-    """One optimiser step as :func:`efflab.train.fit` takes it: fused AdamW, the loss checked to be finite,
-    zero_grad, backward, the gradient clipped if ``grad_clip``, step. ``loss(model, *batch())`` is the loss."""
-    optimizer = make_optimizer(model, TrainConfig(steps=1, lr=lr, weight_decay=weight_decay))
+    """One optimiser step as :func:`efflab.train.fit` takes it with ``config`` and ``param_groups``: its
+    optimiser (fused AdamW by default), the loss checked to be finite, zero_grad, backward, the gradient clipped
+    if the config says so, step. ``loss(model, *batch())`` is the loss."""
+    config = TrainConfig(steps=1) if config is None else config
+    optimizer = make_optimizer(model, config, param_groups)
 
     def step() -> float:
         model.train()
@@ -163,8 +164,8 @@ def training_step(
             raise FloatingPointError(f"loss became {value.item()}")
         optimizer.zero_grad(set_to_none=True)
         value.backward()
-        if grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        if config.grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         return value.item()
 

@@ -27,32 +27,14 @@ from efflab.early_exit.experiment import (
     plan_tasks,
 )
 from efflab.flops import module_forward_flops
-from efflab.train import TrainConfig, cross_entropy, make_optimizer
-from efflab.workload import Work, forward_step
+from efflab.train import TrainConfig, make_optimizer
+from efflab.workload import Work, forward_step, training_step
 
 PHASES = {
     "backbone": "phase 1, the backbone alone",
     "joint": "phase 2, backbone and heads together",
     "heads": "phase 3, the heads on the frozen backbone, at most",
 }
-
-
-def _fit_step(model: nn.Module, batch, config: TrainConfig, *, param_groups=None, loss_fn=cross_entropy):
-    """One step of :func:`efflab.train.fit`: its fused AdamW, the finite-loss check and gradient clipping."""
-    optimizer = make_optimizer(model, config, param_groups)
-
-    def step() -> float:
-        model.train()
-        loss = loss_fn(model, *batch())
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        return loss.item()
-
-    return step
 
 
 def _heads_step(network, batch, config: TrainConfig):
@@ -116,8 +98,8 @@ def workload(budget: EarlyExitBudget) -> list[Work]:
     plain, joint, frozen = network(), network(), network()
     groups = [{"params": list(joint.backbone.parameters())}, {"params": joint.head_parameters()}]
     steps = {
-        "backbone": _fit_step(plain.backbone, batch, config),
-        "joint": _fit_step(joint, batch, config, param_groups=groups, loss_fn=multi_exit_loss),
+        "backbone": training_step(plain.backbone, batch, config=config),
+        "joint": training_step(joint, batch, multi_exit_loss, config=config, param_groups=groups),
         "heads": _heads_step(frozen, batch, config),
     }
     example = data.test.x[:1]
