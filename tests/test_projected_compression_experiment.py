@@ -8,16 +8,20 @@ import torch
 
 from efflab.flops import gpt_parameter_count
 from efflab.models.bert import BertConfig, FeedForward
+from efflab.models.gpt import TinyLM
 from efflab.projected_compression import experiment
 from efflab.projected_compression.experiment import (
     METHODS,
+    QUALITIES,
     CompressionBudget,
+    channel_selections,
     findings,
     live_task,
     paper_rows,
     run_experiment,
     target_for_keep,
 )
+from efflab.projected_compression.importance import IMPORTANCES
 from efflab.projected_compression.sentence_encoder import (
     EncoderBudget,
     ProjectedFeedForward,
@@ -143,6 +147,50 @@ def test_tiny_study_gives_every_method_every_setting_at_equal_tokens(tiny_result
     assert "Longer-pretrained base" in text and "Shorter-pretrained base" in text
     table = paper_rows(summary, None)
     assert "this run" in table.columns and len(table) >= 5
+
+
+def test_each_importance_is_computed_once_per_base_for_every_keep_fraction(monkeypatch):
+    config = TINY.config
+    torch.manual_seed(0)
+    bases = {quality: TinyLM(config) for quality in QUALITIES}
+    targets = {keep: target_for_keep(config, keep) for keep in (0.5, 0.35, 0.2)}
+    calibration = [torch.randint(0, 256, (2, config.block_size)) for _ in range(2)]
+    one_at_a_time = {
+        (quality, keep, kind): experiment._selection_for(bases[quality], kind, targets[keep], calibration, 3)
+        for quality in QUALITIES
+        for keep in targets
+        for kind in IMPORTANCES
+    }
+    calls = []
+    importance_for = experiment.importance_for
+
+    def counted(kind, model, **kwargs):
+        calls.append((kind, id(model)))
+        return importance_for(kind, model, **kwargs)
+
+    monkeypatch.setattr(experiment, "importance_for", counted)
+    selections = channel_selections(bases, targets, calibration, 3)
+    assert sorted(calls) == sorted((kind, id(base)) for base in bases.values() for kind in IMPORTANCES)
+    assert selections.keys() == one_at_a_time.keys()
+    for key, selection in selections.items():
+        assert selection.to_lists() == one_at_a_time[key].to_lists()
+        assert all(t.device.type == "cpu" for t in (selection.d, *selection.qk, *selection.vo, *selection.ffn))
+
+
+def test_the_study_computes_each_importance_once_per_base(tmp_path, monkeypatch):
+    monkeypatch.setenv("EFFLAB_CACHE", str(tmp_path))
+    monkeypatch.setenv("EFFLAB_EXECUTOR", "inline")
+    calls = []
+    importance_for = experiment.importance_for
+
+    def counted(kind, model, **kwargs):
+        calls.append(kind)
+        return importance_for(kind, model, **kwargs)
+
+    monkeypatch.setattr(experiment, "importance_for", counted)
+    result = run_experiment(setup("quick", "cpu", 0, verbose=False), TINY)
+    assert sorted(calls) == sorted(IMPORTANCES * len(QUALITIES))  # two keep fractions, one importance each
+    assert result.device == "cpu" and result.heatmap["p_in"].device.type == "cpu"
 
 
 def _summary_with_gaps(high: list[float], low: list[float]) -> dict:

@@ -4,6 +4,7 @@ as the hard-pruned encoder, and the scores are what they claim to be."""
 import pytest
 import torch
 
+from efflab.projected_compression import sentence_encoder
 from efflab.projected_compression.sentence_encoder import (
     METHODS,
     EncoderBudget,
@@ -90,3 +91,25 @@ def test_scores_lie_in_their_ranges_and_the_uncompressed_top_scores_perfectly(st
     # two steps of distillation moved the compressed encoders away from where they started
     for method in METHODS:
         assert all(o["cosine"] != result.no_retrain["cosine"] for o in result.runs[method])
+
+
+def _tensors(value) -> list:
+    return [t for v in value.values() for t in _tensors(v)] if isinstance(value, dict) else [value]
+
+
+def test_the_states_are_prepared_on_the_given_device_and_held_on_the_cpu(study, monkeypatch):
+    from efflab.models import bert
+
+    _, cached_data = study
+    devices, keys = [], []
+    load = bert.load_minilm
+    monkeypatch.setattr(bert, "load_minilm", lambda device: devices.append(device) or load(device))
+    monkeypatch.setattr(sentence_encoder, "cached", lambda name, key, build: keys.append(key) or build())
+    data = prepared_data(TINY, "cpu")
+    assert devices == ["cpu"] and "device" not in keys[0]
+    assert all(t.device.type == "cpu" for t in _tensors(data))
+    assert all(torch.equal(a, b) for a, b in zip(_tensors(data), _tensors(cached_data), strict=True))
+    # prepared on another device, the entry is keyed by its device type (its numbers differ in the last bits)
+    monkeypatch.setattr(sentence_encoder, "cached", lambda name, key, build: keys.append(key))
+    prepared_data(TINY, torch.device("cuda", 0))
+    assert keys[-1] == {**keys[0], "device": "cuda"}

@@ -3,7 +3,7 @@
 import pytest
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from efflab.projected_compression.experiment import CompressionBudget, run_experiment
+from efflab.projected_compression.experiment import QUALITIES, CompressionBudget, run_experiment
 from efflab.projected_compression.sentence_encoder import EncoderBudget
 from efflab.projected_compression.workload import encoder_workload, workload
 from efflab.runtime import setup
@@ -59,7 +59,9 @@ def test_the_full_and_quick_budgets_plan_every_run():
     assert optimiser_steps(quick) == 700 + 6 * 40 + 5 * 3 * 2 * (40 + 120) + 2 * 3 * 2 * 40 + 2 * 1 * 30
     for works in (full, quick):
         assert all(work.runs >= 1 and work.steps >= 1 and callable(work.step) for work in works)
-        assert {work.on for work in works} == {"gpu", "cpu"}  # the calibration and MiniLM's states stay on CPU
+        assert {work.on for work in works} == {"gpu"}  # the notebook's own work runs on the run's device too
+        importance = [work for work in works if work.what.startswith("activation importance")]
+        assert [work.runs for work in importance] == [len(QUALITIES)]  # once per base, for every keep fraction
     assert not any(
         "MiniLM" in work.what for work in workload(CompressionBudget(encoder=EncoderBudget(enabled=False)))
     )

@@ -14,7 +14,9 @@
    seed, so the playground can compare them.
 5. **MiniLM.** :mod:`.sentence_encoder` compresses a real pretrained encoder (all-MiniLM-L6-v2).
 
-Every independent training goes through :func:`efflab.parallel.run_all`.
+Every independent training goes through :func:`efflab.parallel.run_all`, on the run's device; so does the work
+done in the notebook's own process (the activation importance, once per base; the unretrained pruned models'
+evaluations; MiniLM's states and scoring), whose results are kept on the CPU.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from efflab.projected_compression.importance import IMPORTANCES, Selection, Targ
 from efflab.projected_compression.projection import ProjectedLM, merge
 from efflab.projected_compression.sentence_encoder import EncoderBudget, EncoderResult, run_encoder_study
 from efflab.runtime import Run, seed_everything
-from efflab.train import TrainConfig, fit, language_model_loss
+from efflab.train import TrainConfig, fit, language_model_loss, run_evaluation
 from efflab.validation import check_choice, check_fraction, check_int, check_positive
 
 NAME = "03_projected_compression"
@@ -181,9 +183,11 @@ class PretrainTask:
     device: str = "cpu"
 
 
-def _evaluate(corpus, task) -> callable:
+def _evaluate(corpus, sizes) -> callable:
+    """The validation loss on fixed windows, sized by ``sizes.eval_batches`` and ``sizes.eval_batch_size`` (a task
+    or the budget)."""
     return lambda model: language_model_loss(
-        model, corpus, batches=task.eval_batches, batch_size=task.eval_batch_size, seed=12345
+        model, corpus, batches=sizes.eval_batches, batch_size=sizes.eval_batch_size, seed=12345
     )
 
 
@@ -285,9 +289,7 @@ def train_compressed(task: CompressionTask, report=None) -> dict:
         warmup_steps=max(1, task.steps // 20),
         eval_every=max(1, task.steps // task.evals_per_run),
     )
-    start_loss = language_model_loss(
-        model, corpus, batches=task.eval_batches, batch_size=task.eval_batch_size, seed=12345
-    )["val_loss"]
+    start_loss = run_evaluation(model, evaluate)["val_loss"]
     label = f"{task.method} {task.quality} keep={task.keep:g} lr={task.lr:g}"
     with task_progress(task.steps, label) as bar:
 
@@ -355,7 +357,7 @@ class CompressionResult:
     parameter_match: bool
     encoder: EncoderResult | None
     task_cpu_seconds: float = 0.0  # processor time spent inside the independent tasks (their sum)
-    device: str = "cpu"  # where the tasks trained; a live run trains there too and finds the same cached bases
+    device: str = "cpu"  # where the study ran; a live run trains there too and finds the same cached bases
 
     def final_losses(self, quality: str, keep: float, method: str, steps: int, importance="activation"):
         rows = self.runs[
@@ -411,8 +413,27 @@ def _selection_for(base: TinyLM, kind: str, target: Target, calibration, seed: i
     return select(importance, base.config, target)
 
 
+def channel_selections(bases: dict, targets: dict, calibration, seed: int) -> dict:
+    """``(quality, keep, importance) -> Selection`` for every base (quality -> TinyLM), target (keep -> Target)
+    and importance.
+
+    Each importance is computed once per base, on the base's device (the scores come back on the CPU), and
+    serves every keep fraction: it depends only on the base, the calibration batches and the seed.
+    """
+    selections = {}
+    for quality, base in bases.items():
+        for kind in IMPORTANCES:
+            importance = importance_for(kind, base, calibration=calibration, seed=seed)
+            for keep, target in targets.items():
+                selections[quality, keep, kind] = select(importance, base.config, target)
+    return selections
+
+
 def run_experiment(run: Run, budget: CompressionBudget) -> CompressionResult:
-    """Pretrain the two bases, compress them every way, train the methods, and run the MiniLM study."""
+    """Pretrain the two bases, compress them every way, train the methods, and run the MiniLM study.
+
+    All of it runs on the run's device; the bases' states, the selections and the results are on the CPU.
+    """
     if not isinstance(budget, CompressionBudget):
         raise ValueError(f"budget={budget!r} is not allowed; expected a CompressionBudget")
     config = budget.config
@@ -435,11 +456,11 @@ def run_experiment(run: Run, budget: CompressionBudget) -> CompressionResult:
         for steps in budget.pretrain_steps
     ]
     pretrained = run_all(pretrain_base, pretrain_tasks, description="pretrain bases", gpu_share=share)
-    bases, base_curves, base_loss = {}, {}, {}
+    bases, states, base_curves, base_loss = {}, {}, {}, {}  # bases on the device, their states on the CPU
     for quality, outcome in zip(QUALITIES, pretrained, strict=True):
         model = TinyLM(config)
         model.load_state_dict(outcome["state"])
-        bases[quality] = (model, outcome["state"])
+        bases[quality], states[quality] = model.to(device), outcome["state"]
         base_curves[quality] = (outcome["val_step"].tolist(), outcome["val_loss"].tolist())
         base_loss[quality] = float(outcome["val_loss"][-1])
 
@@ -449,12 +470,7 @@ def run_experiment(run: Run, budget: CompressionBudget) -> CompressionResult:
         for _ in range(budget.calibration_batches)
     ]
     targets = {keep: target_for_keep(config, keep) for keep in budget.keep_fractions}
-    selections = {
-        (quality, keep, kind): _selection_for(bases[quality][0], kind, targets[keep], calibration, run.seed)
-        for quality in QUALITIES
-        for keep in budget.keep_fractions
-        for kind in IMPORTANCES
-    }
+    selections = channel_selections(bases, targets, calibration, run.seed)
 
     def task(method, quality, keep, kind, steps, lr, seed, keep_projection=False):
         return CompressionTask(
@@ -468,7 +484,7 @@ def run_experiment(run: Run, budget: CompressionBudget) -> CompressionResult:
             config=config,
             target=targets[keep],
             selection=selections[(quality, keep, kind)].to_lists(),
-            base_state=bases[quality][1],
+            base_state=states[quality],
             batch_size=budget.batch_size,
             corpus_bytes=budget.corpus_bytes,
             weight_decay=budget.weight_decay,
@@ -546,12 +562,13 @@ def run_experiment(run: Run, budget: CompressionBudget) -> CompressionResult:
             parameter_match &= outcome["merged_parameters"] == pruned_count
             if "p_in" in outcome and t.steps == budget.token_budgets[-1] and t.seed == seeds[0]:
                 heatmap = {"p_in": outcome["p_in"], "kept": selections[("high", t.keep, "activation")].d.tolist()}
-    # hard prune without retraining: evaluated here, no training
+    # hard prune without retraining: evaluated here (on the run's device, without gradients), no training
+    evaluate = _evaluate(corpus, budget)
     for quality in QUALITIES:
         for keep in budget.keep_fractions:
             for kind in IMPORTANCES:
-                pruned = hard_prune(bases[quality][0], selections[(quality, keep, kind)], targets[keep])
-                loss = language_model_loss(pruned, corpus, **_eval_kwargs(budget))["val_loss"]
+                pruned = hard_prune(bases[quality], selections[(quality, keep, kind)], targets[keep])
+                loss = run_evaluation(pruned, evaluate)["val_loss"]
                 for seed in seeds:
                     rows.append(
                         dict(
@@ -598,10 +615,6 @@ def run_experiment(run: Run, budget: CompressionBudget) -> CompressionResult:
         task_cpu_seconds=task_cpu,
         device=device,
     )
-
-
-def _eval_kwargs(budget: CompressionBudget) -> dict:
-    return dict(batches=budget.eval_batches, batch_size=budget.eval_batch_size, seed=12345)
 
 
 def live_task(result: CompressionResult, method: str, quality: str, keep: float, importance: str, steps: int):

@@ -13,10 +13,10 @@ indices (``I_j = sum over real tokens |up(u)_j|`` on the training sentences):
 
 Both train on the same objective, offline distillation to the original model's sentence embeddings
 ``e = normalize(mean-pool(h^6))``: ``L = 1 - cos(e_student, e_teacher)``, on the same batches, for the same steps.
-The layers below the first compressed one never change, so their output on every sentence is computed once
-and cached; training then runs only the top of the network. We score on held-out sentences: the mean cosine to
-the original embeddings, and nearest-neighbour agreement (the fraction of sentences whose most similar other
-sentence is the same under the compressed and the original model).
+The layers below the first compressed one never change, so their output on every sentence is computed once, on
+the run's device, and cached (on the CPU); training then runs only the top of the network. We score on held-out
+sentences: the mean cosine to the original embeddings, and nearest-neighbour agreement (the fraction of sentences
+whose most similar other sentence is the same under the compressed and the original model).
 """
 
 from __future__ import annotations
@@ -184,24 +184,39 @@ class EncoderTop(nn.Module):
         return F.normalize(mean_pool(states, mask), dim=-1)
 
 
+def _on(split: dict, device) -> dict:
+    """One split's tensors (states, mask, teacher embeddings) on ``device``."""
+    return {name: tensor.to(device) for name, tensor in split.items()}
+
+
+def _cpu_copy(value):
+    """``value`` (tensors in nested dicts) with every tensor copied to the CPU: none shares a model's memory."""
+    if isinstance(value, dict):
+        return {key: _cpu_copy(item) for key, item in value.items()}
+    return value.detach().to("cpu", copy=True)
+
+
 @torch.no_grad()
-def _prepare(budget: EncoderBudget) -> dict:
-    """States entering the first compressed layer, masks and teacher embeddings, for both splits; FFN scores."""
+def _prepare(budget: EncoderBudget, device) -> dict:
+    """States entering the first compressed layer, masks and teacher embeddings, for both splits; FFN scores.
+
+    MiniLM runs on ``device``, over each split at once; everything returned is on the CPU.
+    """
     from efflab.data.sentences import load_sentences
     from efflab.models.bert import MiniLMTokenizer, load_minilm
 
-    model = load_minilm("cpu")
+    model = load_minilm(device)
     tokenizer = MiniLMTokenizer(max_length=budget.max_length)
     first = budget.layers[0]
     out = {}
     for split, count in (("train", budget.train_sentences), ("heldout", budget.heldout_sentences)):
         batch = tokenizer(load_sentences(split, count))
-        ids, mask = batch["input_ids"], batch["attention_mask"]
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         states = model.embeddings(ids)
         for layer in model.layers[:first]:
             states = layer(states, mask)
         top = EncoderTop(model.layers[first:])
-        out[split] = {"states": states.clone(), "mask": mask, "teacher": top(states, mask)}
+        out[split] = {"states": states, "mask": mask, "teacher": top(states, mask)}
     # activation importance: sum over real tokens of |up(u)| in each compressed layer, on the training sentences
     scores = {}
     states, mask = out["train"]["states"], out["train"]["mask"]
@@ -212,15 +227,23 @@ def _prepare(budget: EncoderBudget) -> dict:
             scores[str(index)] = (layer.ffn.up(u).abs() * mask[..., None]).sum((0, 1))
         states = layer.ffn_norm(u + layer.ffn(u))
     out["scores"] = scores
-    out["top_state"] = {k: v.clone() for k, v in EncoderTop(model.layers[first:]).state_dict().items()}
-    return out
+    out["top_state"] = EncoderTop(model.layers[first:]).state_dict()
+    return _cpu_copy(out)
 
 
-def prepared_data(budget: EncoderBudget) -> dict:
+def prepared_data(budget: EncoderBudget, device: str | torch.device = "cpu") -> dict:
+    """:func:`_prepare`'s states, masks, teacher embeddings and FFN scores: computed on ``device``, held on the
+    CPU.
+
+    Cached by the budget's sentences and layers and, off the CPU, the device type (CUDA's numbers differ from the
+    CPU's in the last bits); a CPU entry's key names no device.
+    """
     keys = ("layers", "train_sentences", "heldout_sentences", "max_length")
-    return cached(
-        "pc_minilm_states", {k: getattr(budget, k) for k in keys} | {"format": 1}, lambda: _prepare(budget)
-    )
+    key = {k: getattr(budget, k) for k in keys} | {"format": 1}
+    kind = torch.device(device).type
+    if kind != "cpu":
+        key["device"] = kind
+    return cached("pc_minilm_states", key, lambda: _prepare(budget, device))
 
 
 @dataclass(frozen=True)
@@ -272,7 +295,8 @@ def compressed_top(data: dict, budget: EncoderBudget, method: str) -> EncoderTop
 
 @torch.no_grad()
 def score(top: EncoderTop, split: dict) -> dict:
-    """Mean cosine to the teacher embeddings and top-1 nearest-neighbour agreement on one split."""
+    """Mean cosine to the teacher embeddings and top-1 nearest-neighbour agreement on one split (``top`` and
+    ``split`` on one device), as floats."""
     top.eval()
     student = top(split["states"], split["mask"])
     teacher = split["teacher"]
@@ -297,16 +321,12 @@ def train_encoder(task: EncoderTask) -> dict:
     started = time.process_time()
     seed_everything(task.seed)
     budget = task.budget
-    data = {
-        k: ({n: t.to(task.device) for n, t in v.items()} if k in ("train", "heldout") else v)
-        for k, v in task.data.items()
-    }
-    top = compressed_top(data, budget, task.method).to(task.device)
+    train, heldout = _on(task.data["train"], task.device), _on(task.data["heldout"], task.device)
+    top = compressed_top(task.data, budget, task.method).to(task.device)
     lr = budget.projection_lr if task.method == "projected compression" else budget.retrain_lr
     parameters = [p for p in top.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(task.seed)
-    train = data["train"]
     count = train["states"].shape[0]
     curve, drawn = [], 0
     with task_progress(budget.steps, f"MiniLM {task.method}") as bar:
@@ -322,15 +342,14 @@ def train_encoder(task: EncoderTask) -> dict:
             curve.append(loss.item())
             drawn += len(rows)
             bar.update()
-    outcome = {"train_loss": curve, "steps": len(curve), "sentences": drawn, **score(top, data["heldout"])}
+    outcome = {"train_loss": curve, "steps": len(curve), "sentences": drawn, **score(top, heldout)}
     if task.method == "projected compression":
-        heldout = data["heldout"]
-        before = top(heldout["states"], heldout["mask"])
         first = budget.layers[0]
-        for index in budget.layers:
-            layer = top.layers[index - first]
-            layer.ffn = merge_ffn(layer.ffn)
         with torch.no_grad():
+            before = top(heldout["states"], heldout["mask"])
+            for index in budget.layers:
+                layer = top.layers[index - first]
+                layer.ffn = merge_ffn(layer.ffn)
             outcome["merge_error"] = float((top(heldout["states"], heldout["mask"]) - before).abs().max())
     outcome["ffn_widths"] = [top.layers[index - budget.layers[0]].ffn.up.out_features for index in budget.layers]
     outcome["parameters"] = sum(p.numel() for p in top.parameters())
@@ -366,17 +385,21 @@ class EncoderResult:
 
 
 def run_encoder_study(run: Run, budget: EncoderBudget) -> EncoderResult:
-    """Prepare the cached states, then distil both methods over the seeds side by side."""
-    with torch.no_grad():
-        data = prepared_data(budget)
+    """Prepare the cached states, then distil both methods over the seeds side by side.
+
+    Everything runs on the run's device: the states' preparation and the scoring of the unretrained and the
+    uncompressed tops here, the distillations in their tasks. The prepared data and the result stay on the CPU.
+    """
+    data = prepared_data(budget, run.device)
     seeds = [run.seed + i for i in range(budget.seeds)]
     tasks = [EncoderTask(m, s, budget, data, run.device.type) for m in METHODS for s in seeds]
     outcomes = run_all(
         train_encoder, tasks, description="MiniLM distillation", gpu_share=gpu_share_for(run.device)
     )
     runs = {m: [o for t, o in zip(tasks, outcomes, strict=True) if t.method == m] for m in METHODS}
-    no_retrain = score(compressed_top(data, budget, "pruned, no retrain"), data["heldout"])
-    uncompressed = score(_top_model(data, budget), data["heldout"])
+    heldout = _on(data["heldout"], run.device)
+    no_retrain = score(compressed_top(data, budget, "pruned, no retrain").to(run.device), heldout)
+    uncompressed = score(_top_model(data, budget).to(run.device), heldout)
     d_ff = data["scores"][str(budget.layers[0])].numel()
     return EncoderResult(
         budget=budget,

@@ -55,9 +55,10 @@ def _evaluations(steps: int, every: int) -> int:
 
 
 def workload(budget: CompressionBudget) -> list[Work]:
-    """The two bases' pretraining and evaluations; the activation importance and the unretrained pruned models'
-    evaluations, on CPU in the notebook's process; the learning-rate grid and the main grid (every method, keep
-    fraction and token budget, plus the other importances), each run with its evaluations; and the MiniLM study.
+    """The two bases' pretraining and evaluations; the activation importance (once per base) and the unretrained
+    pruned models' evaluations, one at a time in the notebook's process, on the run's device; the learning-rate
+    grid and the main grid (every method, keep fraction and token budget, plus the other importances), each run
+    with its evaluations; and the MiniLM study.
 
     A compression run is evaluated once before its first step and then as ``fit`` does. The merge check of each
     projected run (two forward passes of 4 windows) is left out.
@@ -96,11 +97,10 @@ def workload(budget: CompressionBudget) -> list[Work]:
     calibration = train_batch()[0]
     works.append(
         Work(
-            "activation importance on the calibration batches (CPU, one base and keep fraction at a time)",
-            len(QUALITIES) * len(budget.keep_fractions),
+            "activation importance on the calibration batches (once per base, one at a time)",
+            len(QUALITIES),
             budget.calibration_batches,
             lambda: activation_importance(base, [calibration]),
-            on="cpu",
             side_by_side=1,
             trains=False,
         )
@@ -138,11 +138,10 @@ def workload(budget: CompressionBudget) -> list[Work]:
     for keep in budget.keep_fractions:  # pruned, no retrain: the models are those "pruned + retrain" starts from
         works.append(
             Work(
-                f"unretrained pruned models' evaluations, keep {keep:g} (CPU, one at a time)",
+                f"unretrained pruned models' evaluations, keep {keep:g} (one at a time)",
                 len(QUALITIES) * len(IMPORTANCES),
                 budget.eval_batches,
                 forward_step(model_for("pruned + retrain", keep)[0], lambda: eval_batch()[:1]),
-                on="cpu",
                 side_by_side=1,
                 trains=False,
             )
@@ -188,12 +187,13 @@ def workload(budget: CompressionBudget) -> list[Work]:
 
 
 def encoder_workload(budget: EncoderBudget) -> list[Work]:
-    """The MiniLM study: the cached teacher states and FFN importance, on CPU in the notebook's process (counted
-    in chunks of ``batch_size`` sentences there); each method's distillation runs and their held-out scoring; and
-    the scoring of the uncompressed and the unretrained tops, on CPU.
+    """The MiniLM study: the cached teacher states and FFN importance, and at the end the scoring of the
+    uncompressed and the unretrained tops, in the notebook's process on the run's device; each method's
+    distillation runs and their held-out scoring.
 
     Every sentence is taken at ``max_length`` tokens: the tokenizer pads a split to its longest sentence, at most
-    that long, so these are upper bounds.
+    that long, so these are upper bounds. The states are prepared over each split at once; they are counted
+    here in chunks of ``batch_size`` sentences (the same FLOPs, more operations than one pass launches).
     """
     if not isinstance(budget, EncoderBudget):
         raise ValueError(f"budget={budget!r} is not allowed; expected an EncoderBudget")
@@ -252,19 +252,17 @@ def encoder_workload(budget: EncoderBudget) -> list[Work]:
     heldout_chunks = math.ceil(budget.heldout_sentences / budget.batch_size)
     works = [
         Work(
-            "MiniLM: teacher states and FFN importance, training sentences (CPU)",
+            "MiniLM: teacher states and FFN importance, training sentences",
             1,
             train_chunks,
             lambda: teacher_pass(True),
-            on="cpu",
             trains=False,
         ),
         Work(
-            "MiniLM: teacher states, held-out sentences (CPU)",
+            "MiniLM: teacher states, held-out sentences",
             1,
             heldout_chunks,
             lambda: teacher_pass(False),
-            on="cpu",
             trains=False,
         ),
     ]
@@ -297,11 +295,10 @@ def encoder_workload(budget: EncoderBudget) -> list[Work]:
             pool="MiniLM distillation",
         ),
         Work(
-            "MiniLM held-out scoring: the unretrained and the uncompressed top (CPU)",
+            "MiniLM held-out scoring: the unretrained and the uncompressed top",
             1,
-            heldout_chunks,
-            lambda: (score(tops["pruned, no retrain"], chunk), score(uncompressed, chunk)),
-            on="cpu",
+            1,
+            lambda: (score(tops["pruned, no retrain"], heldout), score(uncompressed, heldout)),
             trains=False,
         ),
     ]
