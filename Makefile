@@ -15,8 +15,8 @@ TORCH_SPEC ?= $(shell grep -E '^torch==' requirements.txt)
 CELL_TIMEOUT ?= 600
 # make full: notebooks side by side, each lane on its share of the cores, the longest first, so that the CPU-bound
 # ones overlap the GPU-bound ones (the lanes and order that make plan finds fastest).
-FULL_JOBS ?= 4
-FULL_ORDER ?= 03,10,08,07,01,04,02,09,05,06,00
+FULL_JOBS ?= 3
+FULL_ORDER ?= 10,08,03,07,01,04,02,09,05,06,00
 # pytest workers: two files at a time keep both cores busy through the serial stretches of each notebook. Each
 # runs torch on one thread: with more threads than cores, OpenMP's waiting threads made a notebook's own training
 # (00's) four times slower beside another notebook, and the whole notebook half of the suite 1.5x slower.
