@@ -252,8 +252,8 @@ def fit_laws(results: GridResults, *, resamples: int = 12, n_starts: int = 6, se
 
 
 def with_training_flops(points: pd.DataFrame, budget: GranularityBudget) -> pd.DataFrame:
-    """The law points with their training FLOPs by eq. 10 (router counted; 0 for dense, which has none) and
-    wall-clock seconds (the run's seconds per optimiser step times the branch's steps)."""
+    """The law points with their training FLOPs by eq. 10 (router counted; 0 for dense, which has none); their
+    wall-clock seconds come from :func:`with_wall_clock`."""
     points = points.copy()
     granularity = points.granularity.clip(lower=1).to_numpy(float)
     expansion = points.expansion.to_numpy(float)

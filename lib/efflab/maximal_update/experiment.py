@@ -1,6 +1,7 @@
 """The experiment of notebook 07: coordinate checks and learning-rate sweeps under SP, simpleP and muP for MoE.
 
-Three parts, every independent training through :func:`efflab.parallel.run_all` in one batch:
+Three parts, their independent trainings through :func:`efflab.parallel.run_all` in two calls (the coordinate
+checks, then every sweep's distinct runs together):
 
 1. **Coordinate check** (:mod:`~efflab.maximal_update.coordinate_check`): every parameterization, every width of
    ``coord_widths``, ``coord_seeds`` seeds, ``coord_steps`` steps at a large LR; the slope of log l1 against
