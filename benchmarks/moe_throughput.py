@@ -11,7 +11,7 @@ backward on a batch of tokens, token-choice routing, no capacity limit.
 Columns, each as tokens/s relative to the dense FFN:
 
 * ``default``: what ``implementation="auto"`` runs here (``efflab.models.moe.default_path``: on a CPU the loop up
-  to 64 experts, or up to 8 when d_model is at most 64, the grouped product beyond; on a GPU the grouped product);
+  to 128 experts, or up to 8 when d_model is at most 64, the grouped product beyond; on a GPU the grouped product);
 * ``padded``: one batched product over a (n_experts, busiest expert's count, d_model) tensor;
 * ``grouped``: the grouped path with its own choice of kernel (``torch._grouped_mm`` where it works here);
 * ``slices``: the grouped path with the fallback kernel (a loop over each expert's contiguous rows), what a
