@@ -27,26 +27,8 @@ from efflab.projected_compression.sentence_encoder import (
     compressed_top,
     score,
 )
-from efflab.train import TrainConfig, cross_entropy, make_optimizer
-from efflab.workload import Work, forward_step
-
-
-def _fit_step(model: nn.Module, batch, config: TrainConfig, *, param_groups=None, loss_fn=cross_entropy):
-    """One step of :func:`efflab.train.fit`: its fused AdamW, the finite-loss check and gradient clipping."""
-    optimizer = make_optimizer(model, config, param_groups)
-
-    def step() -> float:
-        model.train()
-        loss = loss_fn(model, *batch())
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        return loss.item()
-
-    return step
+from efflab.train import TrainConfig
+from efflab.workload import Work, forward_step, training_step
 
 
 def _evaluations(steps: int, every: int) -> int:
@@ -82,7 +64,7 @@ def workload(budget: CompressionBudget) -> list[Work]:
                 f"pretraining, {quality}-quality base",
                 1,
                 steps,
-                _fit_step(model, train_batch, schedule),
+                training_step(model, train_batch, config=schedule),
                 pool="pretraining",
             ),
             Work(
@@ -132,7 +114,10 @@ def workload(budget: CompressionBudget) -> list[Work]:
             model = build_model(task)
             schedule = TrainConfig(1, task.lr, weight_decay=task.weight_decay)
             trainable = [{"params": [p for p in model.parameters() if p.requires_grad]}]
-            models[method, keep] = model, _fit_step(model, train_batch, schedule, param_groups=trainable)
+            models[method, keep] = (
+                model,
+                training_step(model, train_batch, config=schedule, param_groups=trainable),
+            )
         return models[method, keep]
 
     for keep in budget.keep_fractions:  # pruned, no retrain: the models are those "pruned + retrain" starts from

@@ -20,8 +20,8 @@ from efflab.pruning.pruners import (
     make_schedule,
     split_steps,
 )
-from efflab.train import TrainConfig, classification_metrics, cross_entropy, make_optimizer, run_evaluation
-from efflab.workload import Work
+from efflab.train import TrainConfig, classification_metrics, run_evaluation
+from efflab.workload import Work, training_step
 
 KINDS = {"main": "matched-budget runs", "budget": "budget-study runs", "patience": "patience runs and their twins"}
 
@@ -100,22 +100,9 @@ def _pruning_runs(
 
 
 def _training_step(model: nn.Module, data: Digits, batch_size: int, config: TrainConfig):
-    """One optimiser step as :func:`efflab.train.fit` and :func:`efflab.finetune.finetune` take it: fused AdamW,
-    clipping when ``config`` clips (fine-tuning does not)."""
-    optimizer = make_optimizer(model, config)
+    """One optimiser step on the first ``batch_size`` training digits, as fit and fine-tuning take it."""
     x, y = data.train.x[:batch_size], data.train.y[:batch_size]
-
-    def step() -> float:
-        model.train()
-        loss = cross_entropy(model, x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        return loss.item()
-
-    return step
+    return training_step(model, lambda: (x, y), config=config)
 
 
 def _test_pass(model: nn.Module, data: Digits):

@@ -19,8 +19,8 @@ from efflab.shapley.experiment import (
     prune_network,
 )
 from efflab.shapley.values import ChannelGame, CoalitionTable, remove_channels
-from efflab.train import TrainConfig, classification_metrics, cross_entropy, make_optimizer, run_evaluation
-from efflab.workload import Work
+from efflab.train import TrainConfig, classification_metrics, run_evaluation
+from efflab.workload import Work, training_step
 
 PAYOFF = "accuracy"  # run_experiment's default; the loss payoff costs the same
 
@@ -117,22 +117,9 @@ def _replay(budget: ShapleyBudget, model: CNN, layer: str):
 
 
 def _training_step(model: nn.Module, data: Digits, batch_size: int, config: TrainConfig):
-    """One optimiser step as :func:`efflab.train.fit` and :func:`efflab.finetune.finetune` take it: fused AdamW,
-    clipping when ``config`` clips (fine-tuning does not)."""
-    optimizer = make_optimizer(model, config)
+    """One optimiser step on the first ``batch_size`` training digits, as fit and fine-tuning take it."""
     x, y = data.train.x[:batch_size], data.train.y[:batch_size]
-
-    def step() -> float:
-        model.train()
-        loss = cross_entropy(model, x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        return loss.item()
-
-    return step
+    return training_step(model, lambda: (x, y), config=config)
 
 
 def _test_pass(model: nn.Module, data: Digits):
